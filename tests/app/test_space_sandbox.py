@@ -1,0 +1,119 @@
+"""The Space in sandbox mode, end to end through gradio_client against `python app.py`."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+import requests
+from gradio_client import Client
+from gradio_client.exceptions import AppError
+
+PRICE = Decimal("0.001")
+
+
+@pytest.fixture(scope="module")
+def client(sandbox_space) -> Client:
+    return Client(sandbox_space.url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def seller_id(client) -> str:
+    return client.predict(api_name="/pricing")["seller_id"]
+
+
+def test_pricing_names_the_seller_and_the_price(client, sandbox_space):
+    pricing = client.predict(api_name="/pricing")
+    assert pricing["seller_id"] == sandbox_space.seller().agent_id
+    assert Decimal(pricing["price_per_call_usdc"]) == PRICE
+    assert pricing["mode"] == "sandbox"
+    assert pricing["escrow_api"].endswith("/sandbox/api")
+
+
+def test_classify_by_argument_and_by_header_charges_the_escrow(sandbox_space, client, seller_id):
+    sandbox = sandbox_space.sandbox
+    buyer = sandbox.register()
+    sandbox.fund(buyer, "1")
+    escrow_id = sandbox.open_escrow(buyer, seller_id, "0.010")
+
+    result, receipt = client.predict("I love this, it is wonderful", escrow_id, api_name="/classify")
+    assert result["label"] in {"negative", "neutral", "positive"}
+    assert 0 <= result["score"] <= 1
+    assert receipt["escrow_id"] == escrow_id
+    assert Decimal(receipt["charged_usdc"]) == PRICE
+    assert receipt["charge_id"]
+    assert receipt["model"]
+    assert Decimal(receipt["remaining_usdc"]) == sandbox.escrow(buyer, escrow_id)["remaining_usdc"]
+
+    by_header = Client(sandbox_space.url, verbose=False, headers={"X-Escrow-Id": escrow_id})
+    result2, receipt2 = by_header.predict("This is terrible", "", api_name="/classify")
+    assert result2["label"] in {"negative", "neutral", "positive"}
+    assert receipt2["escrow_id"] == escrow_id
+    assert receipt2["charge_id"] != receipt["charge_id"]
+
+    escrow = sandbox.escrow(buyer, escrow_id)
+    assert escrow["spent_usdc"] == 2 * PRICE
+    assert escrow["remaining_usdc"] == Decimal("0.010") - 2 * PRICE
+    assert Decimal(receipt2["remaining_usdc"]) == escrow["remaining_usdc"]
+    # The seller was paid what was spent, less the 1% fee.
+    seller = sandbox_space.seller()
+    me = requests.get(f"{sandbox.root}/me", headers=seller.auth, timeout=10).json(parse_float=Decimal)
+    assert me["balance_usdc"] >= 2 * PRICE * Decimal("0.99")
+
+
+@pytest.mark.parametrize(
+    "bad_id",
+    ["esc_short", "../me", "esc_aaaaaaaaaaaaaaaaaaaaaaaa/release", "esc_%2e%2e", "x" * 10_000, "esc_ÄÖÜaaaaaaaaaaaaaaaaaaaa"],
+)
+def test_bad_escrow_id_is_refused_and_costs_nothing(sandbox_space, client, seller_id, bad_id):
+    with pytest.raises(AppError, match="not charged"):
+        client.predict("hello there", bad_id, api_name="/classify")
+
+
+def test_missing_escrow_id_is_refused(client):
+    with pytest.raises(AppError, match="not charged"):
+        client.predict("hello there", "", api_name="/classify")
+
+
+def test_empty_text_costs_nothing(sandbox_space, client, seller_id):
+    sandbox = sandbox_space.sandbox
+    buyer = sandbox.register()
+    sandbox.fund(buyer, "1")
+    escrow_id = sandbox.open_escrow(buyer, seller_id, "0.005")
+    for text in ["", "   \n\t "]:
+        with pytest.raises(AppError, match="not charged") as refused:
+            client.predict(text, escrow_id, api_name="/classify")
+        assert "text" in str(refused.value).lower()
+    escrow = sandbox.escrow(buyer, escrow_id)
+    assert escrow["spent_usdc"] == 0
+    assert escrow["held_usdc"] == 0
+    assert escrow["remaining_usdc"] == Decimal("0.005")
+
+
+def test_escrow_too_small_for_one_call_is_refused(sandbox_space, client, seller_id):
+    sandbox = sandbox_space.sandbox
+    buyer = sandbox.register()
+    sandbox.fund(buyer, "1")
+    escrow_id = sandbox.open_escrow(buyer, seller_id, "0.0004")
+    with pytest.raises(AppError, match="not charged"):
+        client.predict("hello", escrow_id, api_name="/classify")
+    assert sandbox.escrow(buyer, escrow_id)["remaining_usdc"] == Decimal("0.0004")
+
+
+def test_very_long_text_is_classified(sandbox_space, client, seller_id):
+    sandbox = sandbox_space.sandbox
+    buyer = sandbox.register()
+    sandbox.fund(buyer, "1")
+    escrow_id = sandbox.open_escrow(buyer, seller_id, "0.002")
+    result, receipt = client.predict("good " * 5000, escrow_id, api_name="/classify")
+    assert result["label"] in {"negative", "neutral", "positive"}
+    assert Decimal(receipt["charged_usdc"]) == PRICE
+
+
+def test_seller_key_never_reaches_the_page_or_the_api_schema(sandbox_space):
+    key = sandbox_space.seller().api_key
+    base = sandbox_space.server.base_url
+    for path in ["/", "/config", "/gradio_api/info"]:
+        body = requests.get(base + path, timeout=10).text
+        assert key not in body, path
+    assert key not in sandbox_space.server.log()

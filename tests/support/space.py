@@ -1,0 +1,84 @@
+"""The Space under test: a tiny offline model, `python app.py` as a process, and a buyer's view of its escrow API."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.support.processes import ServerProcess, space_process
+from tests.support.tiny_model import build_tiny_model
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@dataclass
+class Buyer:
+    agent_id: str
+    api_key: str
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+
+class EscrowApi:
+    """A buyer's view of an escrow service over real HTTP (the sandbox inside the Space, or a separate one)."""
+
+    def __init__(self, root: str):
+        self.root = root.rstrip("/")
+
+    def register(self, name: str = "test-buyer") -> Buyer:
+        response = requests.post(f"{self.root}/agents", json={"name": name}, timeout=10)
+        assert response.status_code == 201, response.text
+        body = response.json()
+        return Buyer(body["agent_id"], body["api_key"])
+
+    def fund(self, buyer: Buyer, amount: str = "10") -> None:
+        response = requests.post(f"{self.root}/faucet", json={"amount_usdc": amount}, headers=buyer.auth, timeout=10)
+        assert response.status_code == 200, response.text
+
+    def open_escrow(self, buyer: Buyer, seller_id: str, amount: str, ttl_seconds: int = 3600) -> str:
+        body = {"seller_id": seller_id, "amount_usdc": amount, "ttl_seconds": ttl_seconds}
+        response = requests.post(f"{self.root}/escrow", json=body, headers=buyer.auth, timeout=10)
+        assert response.status_code == 201, response.text
+        return response.json()["id"]
+
+    def escrow(self, buyer: Buyer, escrow_id: str) -> dict:
+        response = requests.get(f"{self.root}/escrow/{escrow_id}", headers=buyer.auth, timeout=10)
+        assert response.status_code == 200, response.text
+        return response.json(parse_float=Decimal)
+
+
+@dataclass
+class RunningSpace:
+    server: ServerProcess
+    data_dir: Path
+
+    @property
+    def url(self) -> str:
+        return self.server.base_url + "/"
+
+    @property
+    def sandbox(self) -> EscrowApi:
+        return EscrowApi(self.server.base_url + "/sandbox/api")
+
+    def seller(self) -> Buyer:
+        """The Space's own seller account in its sandbox (for checking its income)."""
+        seller = json.loads((self.data_dir / "sandbox-seller.json").read_text())
+        return Buyer(seller["agent_id"], seller["api_key"])
+
+
+@pytest.fixture(scope="module")
+def sandbox_space(tmp_path_factory, tiny_model_dir) -> RunningSpace:
+    tmp = tmp_path_factory.mktemp("space")
+    server = space_process(tmp, MODEL_ID=str(tiny_model_dir)).start()
+    yield RunningSpace(server, tmp / "space-data")
+    server.stop()
