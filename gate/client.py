@@ -1,0 +1,181 @@
+"""HTTP client for the escrow contract (shared/escrow-api.md), as the seller.
+
+One pooled ``requests.Session``; explicit (connect, read) timeouts; an
+``Idempotency-Key`` on every POST, reused on its retries; retries with backoff
+only where safe. ``_send`` is the one place where transport failures become
+gate errors: everything that is not a usable answer is ServiceUnavailable,
+a well-formed error answer is EscrowApiError (the gate decides what it means).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from .errors import EscrowApiError, ServiceUnavailable
+from .money import format_usdc
+
+__all__ = ["EscrowClient", "new_idempotency_key"]
+
+log = logging.getLogger("gate")
+
+_RETRYABLE_STATUS = frozenset({500, 502, 503, 504})
+_USER_AGENT = "gradio-escrow-gate/1"
+
+
+def new_idempotency_key() -> str:
+    """A fresh Idempotency-Key (reused for every retry of the same POST)."""
+    return uuid.uuid4().hex
+
+
+class EscrowClient:
+    """The seller's side of the escrow contract over HTTP."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: tuple[float, float] = (3.05, 10.0),
+        max_connections: int = 64,
+        retries: int = 2,
+        backoff: float = 0.05,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+            raise ValueError("escrow_url must be an http(s) URL")
+        if not isinstance(api_key, str) or not api_key.strip():
+            raise ValueError("api_key must be a non-empty string")
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self._sleep = sleep
+        self._session = requests.Session()
+        # Never read proxies/.netrc from the environment: the seller's key goes to ESCROW_URL only.
+        self._session.trust_env = False
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max_connections, max_retries=0)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+        self._session.headers.update(
+            {
+                "Authorization": f"Bearer {api_key.strip()}",
+                "Accept": "application/json",
+                "User-Agent": _USER_AGENT,
+            }
+        )
+        self._closed = threading.Event()
+
+    # -- the contract's calls ---------------------------------------------------------
+
+    def me(self) -> dict:
+        return self._request("GET", "/me")
+
+    def get_escrow(self, escrow_id: str) -> dict:
+        return self._request("GET", f"/escrow/{escrow_id}")
+
+    def open_hold(self, escrow_id: str, amount: Decimal, ttl_seconds: int, *, key: str) -> dict:
+        body = {"amount_usdc": format_usdc(amount), "ttl_seconds": int(ttl_seconds)}
+        return self._request("POST", f"/escrow/{escrow_id}/holds", body, key=key)
+
+    def capture(
+        self, escrow_id: str, hold_id: str, amount: Decimal, *, key: str, final: bool = True,
+        retries: int | None = None,
+    ) -> dict:
+        body = {"amount_usdc": format_usdc(amount), "final": final}
+        path = f"/escrow/{escrow_id}/holds/{hold_id}/capture"
+        return self._request("POST", path, body, key=key, retries=retries)
+
+    def void(self, escrow_id: str, hold_id: str, *, key: str, retries: int | None = None) -> dict:
+        path = f"/escrow/{escrow_id}/holds/{hold_id}/void"
+        return self._request("POST", path, {}, key=key, retries=retries)
+
+    def deduct(
+        self, escrow_id: str, amount: Decimal, reason: str, *, key: str, retries: int | None = None
+    ) -> dict:
+        body = {"amount_usdc": format_usdc(amount), "reason": reason}
+        return self._request("POST", f"/escrow/{escrow_id}/deduct", body, key=key, retries=retries)
+
+    def close(self) -> None:
+        self._closed.set()
+        self._session.close()
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    def _request(
+        self, method: str, path: str, body: dict | None = None, *, key: str | None = None,
+        retries: int | None = None,
+    ) -> dict:
+        """Send with retries; a POST is retried only with its own Idempotency-Key."""
+        if method == "POST" and not key:
+            raise ValueError("every POST needs an Idempotency-Key")
+        attempts = 1 + (self.retries if retries is None else retries)
+        for attempt in range(attempts):
+            try:
+                return self._send(method, path, body, key)
+            except ServiceUnavailable:
+                if attempt + 1 >= attempts or self._closed.is_set():
+                    raise
+                self._sleep(self.backoff * (2**attempt))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _send(self, method: str, path: str, body: dict | None, key: str | None) -> dict:
+        """One HTTP exchange; the only place transport failures become gate errors."""
+        headers = {"Idempotency-Key": key} if key else None
+        data = json.dumps(body) if body is not None else None
+        if data is not None:
+            headers = {**(headers or {}), "Content-Type": "application/json"}
+        try:
+            response = self._session.request(
+                method,
+                self.base_url + path,
+                data=data,
+                headers=headers,
+                timeout=self.timeout,
+                allow_redirects=False,
+            )
+        except requests.Timeout as exc:
+            log.warning("escrow service timed out on %s %s", method, _route(path))
+            raise ServiceUnavailable("The payment service did not answer in time") from exc
+        except (requests.RequestException, OSError) as exc:
+            log.warning("escrow service unreachable on %s %s: %s", method, _route(path), type(exc).__name__)
+            raise ServiceUnavailable() from exc
+        status = response.status_code
+        try:
+            payload = json.loads(response.content, parse_float=Decimal) if response.content else None
+        except ValueError as exc:
+            log.warning("escrow service sent non-JSON (%s) on %s %s", status, method, _route(path))
+            raise ServiceUnavailable() from exc
+        if 200 <= status < 300:
+            if not isinstance(payload, dict):
+                log.warning("escrow service sent a non-object (%s) on %s %s", status, method, _route(path))
+                raise ServiceUnavailable()
+            return payload
+        if status in _RETRYABLE_STATUS or status >= 500:
+            log.warning("escrow service error %s on %s %s", status, method, _route(path))
+            raise ServiceUnavailable()
+        if 300 <= status < 400 or status < 200:
+            log.warning("escrow service answered %s on %s %s", status, method, _route(path))
+            raise ServiceUnavailable()
+        code, message = None, ""
+        if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
+            err = payload["error"]
+            code = err.get("code") if isinstance(err.get("code"), str) else None
+            message = err.get("message") if isinstance(err.get("message"), str) else ""
+        raise EscrowApiError(status, code, message)
+
+
+def _route(path: str) -> str:
+    """A path for logs (IDs kept: they are not secrets; the key and host never logged)."""
+    return path
