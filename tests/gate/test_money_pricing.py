@@ -1,0 +1,98 @@
+"""Money parsing/formatting and the price rules (no network)."""
+
+from decimal import Decimal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gate import PerCall, PerSecond, PerToken
+from gate.money import format_usdc, parse_usdc, round_up, to_decimal
+
+
+@pytest.mark.parametrize("bad", [0.1, True, None, [1], b"1"])
+def test_owner_amounts_refuse_floats_and_other_types(bad):
+    with pytest.raises(TypeError):
+        to_decimal(bad)
+
+
+@pytest.mark.parametrize("bad", ["-0.001", "NaN", "Infinity", "abc", "", "1000000001"])
+def test_owner_amounts_refuse_negative_nan_and_junk(bad):
+    with pytest.raises(ValueError):
+        to_decimal(bad)
+
+
+def test_format_always_has_six_decimals():
+    assert format_usdc(Decimal("0.001")) == "0.001000"
+    assert format_usdc(Decimal(3)) == "3.000000"
+    assert format_usdc(Decimal("0")) == "0.000000"
+
+
+@pytest.mark.parametrize(
+    "value,expected",
+    [(Decimal("0.25"), Decimal("0.250000")), (7, Decimal("7.000000")), ("0.000001", Decimal("0.000001"))],
+)
+def test_parse_service_amounts(value, expected):
+    assert parse_usdc(value) == expected
+
+
+@pytest.mark.parametrize("bad", [0.25, True, None, "-1", "0.0000001", "NaN", {"a": 1}])
+def test_parse_service_amounts_refuses_nonsense(bad):
+    with pytest.raises(ValueError):
+        parse_usdc(bad)
+
+
+@given(st.decimals(min_value=0, max_value=10**6, allow_nan=False, allow_infinity=False, places=9))
+def test_round_up_never_below_and_at_most_one_micro_above(amount):
+    rounded = round_up(amount)
+    assert rounded >= amount
+    assert rounded - amount < Decimal("0.000001")
+    assert rounded == rounded.quantize(Decimal("0.000001"))
+
+
+def test_per_call_rounds_up_and_validates():
+    assert PerCall("0.0000011").max_price((), {}) == Decimal("0.000002")
+    assert PerCall(1).actual_price((), {}, None, None) == Decimal("1.000000")
+    for bad in ("0", "-1"):
+        with pytest.raises(ValueError):
+            PerCall(bad)
+    with pytest.raises(TypeError):
+        PerCall(0.001)
+
+
+def test_per_token_counts_inputs_and_outputs_and_caps_output():
+    price = PerToken("0.002", "0.004", max_tokens=10)
+    args = ("one two three four five",)
+    # reserve: 5 input + 10 output tokens
+    assert price.max_price(args, {}) == Decimal("0.000050")
+    assert price.actual_price(args, {}, "a b c", None) == Decimal("0.000022")
+    # output beyond max_tokens is charged as max_tokens, never above the reservation
+    assert price.actual_price(args, {}, "w " * 50, None) == price.max_price(args, {})
+    # tuple outputs: strings inside are counted
+    assert price.actual_price(args, {}, ("a b", 3, {"x": "c"}), None) == Decimal("0.000022")
+
+
+def test_per_token_uses_the_owners_tokenizer():
+    price = PerToken("1", "1", max_tokens=100, count_tokens=len)
+    assert price.actual_price(("abcd",), {}, "xy", None) == Decimal("0.006000")
+    with pytest.raises(ValueError):
+        PerToken("0", "0", max_tokens=1)
+    with pytest.raises(ValueError):
+        PerToken("1", "1", max_tokens=0)
+    with pytest.raises(TypeError):
+        PerToken("1", 0.5, max_tokens=3)
+
+
+def test_per_second_uses_its_clock_and_caps_at_max_seconds():
+    now = [100.0]
+    price = PerSecond("0.01", 5, clock=lambda: now[0])
+    assert price.max_price((), {}) == Decimal("0.050000")
+    started = price.start()
+    now[0] += 1.5
+    assert price.actual_price((), {}, None, started) == Decimal("0.015000")
+    now[0] += 100
+    assert price.actual_price((), {}, None, started) == Decimal("0.050000")
+    with pytest.raises(ValueError):
+        PerSecond("0.01", 0)
+    with pytest.raises(TypeError):
+        PerSecond(0.01, 5)
