@@ -1,0 +1,65 @@
+"""USDC amounts: contract values (JSON numbers or decimal strings) <-> integer micro-USDC. Never float."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+
+from .errors import invalid_amount
+
+MICRO_PER_USDC = 1_000_000
+MAX_AMOUNT_MICRO = 1_000_000_000 * MICRO_PER_USDC
+_DECIMAL_STRING = re.compile(r"[0-9]+(\.[0-9]+)?")  # ASCII digits only: \d would accept other scripts' digits
+
+
+def parse_amount(value: object, field: str = "amount_usdc", *, allow_zero: bool = False) -> int:
+    """A request amount (Decimal from the JSON parser, or a plain decimal string) as integer micro-USDC."""
+    if isinstance(value, bool) or value is None:
+        raise invalid_amount(f"{field} must be a number or a decimal string.")
+    if isinstance(value, str):
+        if not _DECIMAL_STRING.fullmatch(value):
+            raise invalid_amount(f"{field} must be plain digits with at most one point, no sign or exponent.")
+        value = Decimal(value)
+    elif isinstance(value, int):
+        value = Decimal(value)
+    if not isinstance(value, Decimal):
+        raise invalid_amount(f"{field} must be a number or a decimal string.")
+    if not value.is_finite():
+        raise invalid_amount(f"{field} must be a finite number.")
+    if value.is_signed():  # also -0
+        raise invalid_amount(f"{field} must not be negative.")
+    if value > MAX_AMOUNT_MICRO // MICRO_PER_USDC:  # compared before scaling: 1e999999 must not overflow
+        raise invalid_amount(f"{field} is above 1,000,000,000 USDC.")
+    try:
+        micro = value.scaleb(6)
+        if micro != micro.to_integral_value():
+            raise invalid_amount(f"{field} has more than 6 decimal places.")
+    except InvalidOperation:
+        raise invalid_amount(f"{field} has more than 6 decimal places.") from None
+    micro_int = int(micro)
+    if micro_int == 0 and not allow_zero:
+        raise invalid_amount(f"{field} must be greater than zero.")
+    return micro_int
+
+
+def usdc(micro: int) -> Decimal:
+    """Integer micro-USDC as an exact Decimal in USDC (trailing zeros dropped, never an exponent)."""
+    return Money(micro)
+
+
+class Money(Decimal):
+    """A Decimal that remembers it came from micro-units; JSON-renders as a plain number like 0.3 or 10."""
+
+    def __new__(cls, micro: int) -> Money:
+        if isinstance(micro, bool) or not isinstance(micro, int):
+            raise TypeError("Money takes integer micro-USDC")
+        sign = "-" if micro < 0 else ""
+        whole, frac = divmod(abs(micro), MICRO_PER_USDC)
+        text = f"{sign}{whole}.{frac:06d}".rstrip("0").rstrip(".") if frac else f"{sign}{whole}"
+        obj = super().__new__(cls, text)
+        obj._text = text
+        return obj
+
+    def json_text(self) -> str:
+        """The exact JSON number text."""
+        return self._text
