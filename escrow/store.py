@@ -141,6 +141,11 @@ class Store:
         self._referrer: dict[str, str | None] = {}
         self._closed = False
 
+    def set_sql_trace(self, callback: Callable[[str], None] | None) -> None:
+        """Call `callback(sql)` for every statement this store runs (None: stop); for tests and debugging."""
+        with self._lock:
+            self._conn.set_trace_callback(callback)
+
     def close(self) -> None:
         """Close the database connection."""
         with self._lock:
