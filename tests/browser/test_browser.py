@@ -43,8 +43,11 @@ def browser():
 
 def test_wallet_then_paid_classification_then_refusal(browser, sandbox_space, tmp_path):
     page = browser.new_page(viewport={"width": 1280, "height": 1400})
+    # The page must work from this Space alone: note any request that leaves the machine.
+    outside = []
+    page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(("http://127.0.0.1", "data:", "blob:")) else None)
     try:
-        page.goto(sandbox_space.url, wait_until="networkidle")
+        page.goto(sandbox_space.url, wait_until="load")
         page.get_by_role("tab", name="Sandbox wallet").click()
         page.get_by_role("button", name="1. Register a buyer").click()
         status = page.locator("#wallet-status")
@@ -74,5 +77,6 @@ def test_wallet_then_paid_classification_then_refusal(browser, sandbox_space, tm
         page.get_by_role("button", name="Classify (0.001 USDC)").click()
         page.get_by_text("not charged").first.wait_for(timeout=30_000)
         page.screenshot(path=str(tmp_path / "refusal.png"), full_page=True)
+        assert outside == []
     finally:
         page.close()
