@@ -223,8 +223,8 @@ class EscrowGate:
     ) -> Callable[[Callable], Callable]:
         """Decorate a function so every call is paid from the escrow passed as ``escrow_id``.
 
-        The decorated function takes the function's parameters, then ``escrow_id: str = ""``
-        (empty: read from the ``X-Escrow-Id`` header), then ``request: gr.Request = None``
+        The decorated function takes the function's parameters, then ``escrow_id: str | None = None``
+        (None or empty: read from the ``X-Escrow-Id`` header), then ``request: gr.Request = None``
         (filled by Gradio; added only if the function does not take a gr.Request itself).
 
         ``check(*args, **kwargs)`` sees the function's arguments before anything is reserved;
@@ -414,6 +414,9 @@ def _gated(
                 raise InvalidInput(str(exc.message)) from exc
             except ValueError as exc:
                 raise InvalidInput(str(exc)) from exc
+            except Exception as exc:
+                log.error("the input check of the %s failed", reason, exc_info=exc)
+                raise FunctionFailed(reason, "The input check failed") from exc
         try:
             maximum = price.max_price(fn_args, fn_kwargs)
         except Exception as exc:

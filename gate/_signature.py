@@ -88,7 +88,11 @@ def build_signature(fn: Callable, *, keep_return: bool) -> GatedSignature:
 
     own_request = next((p.name for p in positional if hints.get(p.name) in _REQUEST_TYPES), None)
     added: list[inspect.Parameter] = [
-        inspect.Parameter(ESCROW_PARAM, inspect.Parameter.POSITIONAL_OR_KEYWORD, default="", annotation=str)
+        # Default None, not "": Gradio marks a parameter optional for gradio_client only when
+        # its default is None, and an agent sending the ID in X-Escrow-Id passes no argument.
+        inspect.Parameter(
+            ESCROW_PARAM, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=Optional[str]
+        )
     ]
     if own_request is None:
         request_param = next(n for n in ("request", "gate_request", "_gate_request") if n not in names)
