@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -41,8 +42,16 @@ def main(argv: list[str] | None = None) -> int:
         app, host=args.host, port=args.port, http="h11", ws="none", lifespan="on", log_level="warning",
         access_log=args.access_log,
     )
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the handler it found:
+    # make that handler a clean exit instead of a KeyboardInterrupt traceback or a death by signal.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _exit_cleanly)
     _AnnouncingServer(config).run()
     return 0
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 if __name__ == "__main__":

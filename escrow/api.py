@@ -179,8 +179,13 @@ def _object(body: dict, field: str) -> dict | None:
     return value
 
 
+_SIGNED_DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+
+
 def _number(body: dict, field: str) -> Decimal:
     value = body.get(field)
+    if isinstance(value, str) and _SIGNED_DECIMAL.fullmatch(value):
+        value = Decimal(value)
     if isinstance(value, bool) or not isinstance(value, Decimal) or not value.is_finite():
         raise invalid_request(f"{field} must be a finite number.")
     return value
