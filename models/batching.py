@@ -98,7 +98,13 @@ class DynamicBatcher:
         while True:
             batch, stop = self._gather()
             if batch:
-                self._answer(batch)
+                try:
+                    self._answer(batch)
+                except Exception as error:  # a bug here must not kill the worker and hang every later caller
+                    logger.exception("DynamicBatcher failed to answer a batch")
+                    for request in batch:
+                        if not request.future.done():
+                            request.future.set_exception(error)
             if stop:
                 return
 

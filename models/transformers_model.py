@@ -41,7 +41,7 @@ class TransformersSentimentModel(SentimentModel):
         self.name = name
         self.device = device
         self.fallback_reason = None
-        # One forward pass at a time: the Rust tokenizer refuses concurrent calls that change its
+        # One forward pass at a time: the Rust tokenizer can refuse concurrent calls that change its
         # truncation/padding state ("Already borrowed"), and parallel forwards on one CPU only
         # compete for the same cores.
         self._lock = threading.Lock()

@@ -13,6 +13,9 @@ import pytest
 
 from models import DynamicBatcher, EmptyTextError, Prediction
 
+# A broken batcher tends to hang its callers rather than fail them: bound every test.
+pytestmark = pytest.mark.timeout(60)
+
 WAIT_S = 20  # a generous bound for "this should have happened": only reached when the code is broken
 
 
@@ -84,7 +87,7 @@ def test_concurrent_callers_each_get_their_own_answer_from_the_real_model(tiny_m
 
     with DynamicBatcher(counting_predict_batch, max_batch_size=16, max_wait_ms=5) as batcher:
         with ThreadPoolExecutor(max_workers=len(inputs)) as pool:
-            results = dict(zip(inputs, pool.map(call, inputs)))  # keyed by text: empty ones collapse
+            results = dict(zip(inputs, pool.map(call, inputs, timeout=WAIT_S)))  # keyed by text: empty ones collapse
 
     for text in texts:
         assert results[text].label == expected[text].label
@@ -176,7 +179,7 @@ def test_async_callers_share_batches_without_blocking_the_event_loop():
         model.release.set()
         with pytest.raises(EmptyTextError):
             await batcher.submit_async(" ")
-        return await asyncio.gather(*calls)
+        return await asyncio.wait_for(asyncio.gather(*calls), WAIT_S)
 
     with DynamicBatcher(model.predict_batch, max_batch_size=16, max_wait_ms=5) as batcher:
         results = asyncio.run(scenario(batcher))
@@ -198,7 +201,7 @@ def test_a_cancelled_async_caller_is_left_out_and_does_not_disturb_the_others():
         for _ in range(3):
             await asyncio.sleep(0)
         model.release.set()
-        return await first, await kept, given_up.cancelled()
+        return await asyncio.wait_for(first, WAIT_S), await asyncio.wait_for(kept, WAIT_S), given_up.cancelled()
 
     with DynamicBatcher(model.predict_batch, max_wait_ms=0) as batcher:
         first, kept, cancelled = asyncio.run(scenario(batcher))

@@ -106,3 +106,15 @@ def test_unmappable_labels_fall_back_to_vader_in_sandbox_mode(tiny_model_builder
     model = load_model(str(folder), allow_fallback=True)
     assert model.name == "vader"
     assert "could not be loaded" in model.fallback_reason
+
+
+def test_concurrent_direct_calls_are_safe(tiny_model):
+    # Without the batcher, Gradio's worker threads call predict directly and at once.
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = TEXTS * 4
+    expected = [tiny_model.predict(text) for text in texts]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(tiny_model.predict, texts, timeout=60))
+    assert [r.label for r in results] == [e.label for e in expected]
+    assert [r.score for r in results] == pytest.approx([e.score for e in expected], abs=1e-5)
