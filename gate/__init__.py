@@ -9,6 +9,7 @@ Reserve the maximum price, run, charge what the call cost; a failed call costs n
 """
 
 from ._gate import EscrowGate
+from ._lease import Lease
 from ._settlement import Receipt
 from .errors import (
     EscrowClosed,
@@ -35,6 +36,7 @@ __all__ = [
     "InsufficientFunds",
     "InvalidEscrowId",
     "InvalidInput",
+    "Lease",
     "MissingEscrowId",
     "PerCall",
     "PerSecond",

@@ -20,6 +20,7 @@ import anyio.to_thread
 import gradio as gr
 
 from ._cache import NOT_FOUND, EscrowFacts, FactsCache
+from ._lease import Lease, LeaseSettlement
 from ._settlement import PerCallSettlement, Receipt, Reservation, Settlement
 from ._signature import GatedSignature, build_signature
 from .client import EscrowClient
@@ -135,7 +136,15 @@ class _View:
 
 
 class EscrowGate:
-    """Charges each call of a Gradio function to the buyer's USDC escrow."""
+    """Charges each call of a Gradio function to the buyer's USDC escrow.
+
+    ``settlement``: ``"lease"`` (the default, ``Lease()``: one hold serves many calls, captured in
+    batches; see ``gate._lease``), a ``Lease(...)`` with options (lease size, capture interval,
+    journal path), ``"per_call"`` (one hold captured per call), or a factory
+    ``(client, view) -> Settlement``. Without ``Lease(journal=path)`` the lease journal lives in
+    memory and a crash loses the charges not yet captured (at most one lease per escrow; the
+    buyer keeps them). Call ``close()`` at shutdown: it captures what is owed and voids the rest.
+    """
 
     def __init__(
         self,
@@ -146,7 +155,7 @@ class EscrowGate:
         timeout: tuple[float, float] = (3.05, 10.0),
         max_connections: int = 64,
         clock: Any = None,
-        settlement: str | Callable[[EscrowClient, Any], Settlement] = "per_call",
+        settlement: str | Lease | Callable[[EscrowClient, Any], Settlement] = "lease",
         hold_ttl_seconds: int = 300,
         cache_ttl: float = 60.0,
         negative_cache_ttl: float = 5.0,
@@ -163,12 +172,18 @@ class EscrowGate:
         self._seller_lock = threading.Lock()
         self.hold_ttl_seconds = hold_ttl_seconds
         view = _View(self)
-        if settlement == "per_call":
-            self._settlement: Settlement = PerCallSettlement(self._client, view, settle_retries=settle_retries)
+        if settlement == "lease":
+            settlement = Lease()
+        if isinstance(settlement, Lease):
+            self._settlement: Settlement = LeaseSettlement(
+                self._client, view, settlement, now=self._now, settle_retries=settle_retries
+            )
+        elif settlement == "per_call":
+            self._settlement = PerCallSettlement(self._client, view, settle_retries=settle_retries)
         elif callable(settlement):
             self._settlement = settlement(self._client, view)
         else:
-            raise ValueError(f"unknown settlement {settlement!r}; available: 'per_call'")
+            raise ValueError(f"unknown settlement {settlement!r}; available: 'lease', Lease(...), 'per_call'")
         self._background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gate-release")
         self._closed = False
         self._close_lock = threading.Lock()

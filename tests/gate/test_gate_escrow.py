@@ -32,7 +32,7 @@ PRICE = PerCall("0.001")
 
 
 def test_happy_path_receipts_match_the_escrow(market):
-    gate = market.gate()
+    gate = market.gate(settlement="per_call")
     escrow_id = market.escrow("0.010")
 
     @gate.paid(PRICE, reason="echo", receipt=True, receipt_extra={"model": "m1", "charged_usdc": "forged"})
@@ -62,7 +62,7 @@ def test_happy_path_receipts_match_the_escrow(market):
 
 def test_64_concurrent_calls_on_an_escrow_covering_k_calls(market):
     k = 10
-    gate = market.gate(seller_id=market.seller.agent_id)
+    gate = market.gate(settlement="per_call", seller_id=market.seller.agent_id)
     escrow_id = market.escrow("0.010")
     ran = []
     start = threading.Barrier(64)
@@ -109,7 +109,7 @@ def test_insufficient_funds_says_what_is_left(market):
 
 
 def test_function_failure_voids_the_hold(market, caplog):
-    gate = market.gate()
+    gate = market.gate(settlement="per_call")
     escrow_id = market.escrow("0.010")
 
     @gate.paid(PRICE, reason="sentiment classification")
@@ -127,7 +127,7 @@ def test_function_failure_voids_the_hold(market, caplog):
 
 
 def test_service_down_refuses_without_running(market):
-    gate = market.gate()
+    gate = market.gate(settlement="per_call")
     escrow_id = market.escrow("0.010")
     ran = []
 
@@ -187,7 +187,7 @@ def test_the_buyers_own_key_cannot_charge_its_escrow(market):
 
 
 def test_expired_escrow_is_refused_from_the_cached_expiry(market):
-    gate = market.gate(seller_id=market.seller.agent_id)
+    gate = market.gate(settlement="per_call", seller_id=market.seller.agent_id)
     escrow_id = market.escrow("0.010", ttl_seconds=30)
 
     @gate.paid(PRICE, reason="echo")
@@ -209,7 +209,7 @@ def test_expired_escrow_is_refused_from_the_cached_expiry(market):
 
 
 def test_closed_escrow_is_refused(market):
-    gate = market.gate(seller_id=market.seller.agent_id)
+    gate = market.gate(settlement="per_call", seller_id=market.seller.agent_id)
     escrow_id = market.escrow("0.010")
 
     @gate.paid(PRICE, reason="echo")
@@ -270,7 +270,7 @@ def test_unknown_escrow_lookups_are_negatively_cached(market):
 
 
 def test_per_token_charges_what_was_used(market):
-    gate = market.gate()
+    gate = market.gate(settlement="per_call")
     escrow_id = market.escrow("1")
 
     @gate.paid(PerToken("0.01", "0.02", max_tokens=100), reason="generation", receipt=True)
@@ -285,7 +285,7 @@ def test_per_token_charges_what_was_used(market):
 
 
 def test_capture_failure_withholds_the_result_and_the_hold_expires_back(market):
-    gate = market.gate(hold_ttl_seconds=60)
+    gate = market.gate(settlement="per_call", hold_ttl_seconds=60)
     gate._client.backoff = 0.001
     escrow_id = market.escrow("0.010")
 
@@ -308,7 +308,7 @@ def test_capture_failure_withholds_the_result_and_the_hold_expires_back(market):
 
 
 def test_close_voids_what_the_gate_still_holds(market):
-    gate = market.gate()
+    gate = market.gate(settlement="per_call")
     escrow_id = market.escrow("0.010")
     running, finish = threading.Event(), threading.Event()
 
@@ -370,7 +370,7 @@ def _wait_until(condition, seconds=10.0):
 
 
 def test_abandoned_stream_is_voided(market):
-    gate = market.gate()
+    gate = market.gate(settlement="per_call")
     escrow_id = market.escrow("0.010")
 
     @gate.paid(PRICE, reason="stream")
@@ -388,7 +388,7 @@ def test_abandoned_stream_is_voided(market):
 
 
 def test_stream_failing_midway_is_voided_and_empty_stream_is_free(market):
-    gate = market.gate()
+    gate = market.gate(settlement="per_call")
     escrow_id = market.escrow("0.010")
 
     @gate.paid(PRICE, reason="stream")
@@ -408,7 +408,7 @@ def test_stream_failing_midway_is_voided_and_empty_stream_is_free(market):
 
 
 def test_async_function_failure_is_voided(market):
-    gate = market.gate()
+    gate = market.gate(settlement="per_call")
     escrow_id = market.escrow("0.010")
 
     @gate.paid(PRICE, reason="async job", receipt=True)
@@ -425,7 +425,7 @@ def test_async_function_failure_is_voided(market):
 
 
 def test_lost_capture_answer_is_retried_with_the_same_key_and_charged_once(market):
-    gate = market.gate()
+    gate = market.gate(settlement="per_call")
     gate._client._sleep = lambda s: None
     escrow_id = market.escrow("0.010")
     session = gate._client._session

@@ -70,10 +70,17 @@ def build_demo(gate) -> gr.Blocks:
 @pytest.fixture(scope="module")
 def space(module_escrow_server):
     market = Market(module_escrow_server)
-    gate = market.gate()
+    gate = market.gate()  # the default settlement: lease
+    market.space_gate = gate
     with launched(build_demo(gate)) as url:
         yield market, url
     market.close()
+
+
+def settled_balance(market, escrow_id):
+    """The escrow's balance once the Space's leases are captured and closed (lease settlement batches)."""
+    market.space_gate._settlement.flush(close_all=True)
+    return market.balance(escrow_id)
 
 
 @pytest.fixture
@@ -93,7 +100,7 @@ def test_positional_escrow_id_and_receipt(space, client, money):
     escrow_id = market.escrow("0.010")
     result, receipt = client.predict("hello", escrow_id, api_name="/classify")
     assert result == "HELLO"
-    balance = market.balance(escrow_id)
+    balance = settled_balance(market, escrow_id)
     assert receipt["escrow_id"] == escrow_id and receipt["model"] == "echo-1"
     assert receipt["charged_usdc"] == "0.001000"
     assert Decimal(receipt["remaining_usdc"]) == balance["remaining_usdc"] == Decimal("0.009")
@@ -110,7 +117,7 @@ def test_escrow_id_from_the_header(space, money):
     other = market.escrow("0.010")
     _, receipt = agent.predict("hi", other, api_name="/classify")
     assert receipt["escrow_id"] == other
-    assert market.balance(escrow_id)["spent_usdc"] == market.balance(other)["spent_usdc"] == Decimal("0.001")
+    assert settled_balance(market, escrow_id)["spent_usdc"] == settled_balance(market, other)["spent_usdc"] == Decimal("0.001")
 
 
 def test_refusals_reach_the_client_and_not_the_service(space, client, money):
@@ -133,7 +140,7 @@ def test_function_taking_request_and_progress_still_gets_them(space, money):
     agent = Client(url, verbose=False, headers={"X-Escrow-Id": escrow_id, "X-Probe": "probe-42"})
     result = agent.predict("t", api_name="/probe")
     assert result == "t|probe-42|Progress|True"
-    assert market.balance(escrow_id)["spent_usdc"] == Decimal("0.001")
+    assert settled_balance(market, escrow_id)["spent_usdc"] == Decimal("0.001")
 
 
 def test_async_function(space, client, money):
@@ -141,7 +148,7 @@ def test_async_function(space, client, money):
     escrow_id = market.escrow("0.010")
     result, receipt = client.predict("abc", escrow_id, api_name="/aclassify")
     assert result == "cba" and receipt["charged_usdc"] == "0.001000"
-    assert market.balance(escrow_id)["spent_usdc"] == Decimal("0.001")
+    assert settled_balance(market, escrow_id)["spent_usdc"] == Decimal("0.001")
 
 
 def test_generator_streams_then_settles_with_a_receipt(space, client, money):
@@ -154,7 +161,7 @@ def test_generator_streams_then_settles_with_a_receipt(space, client, money):
     assert [o[1] for o in outputs[:-1]] == [None, None, None]
     # 3 input + 3 output tokens at 0.01 per 1k = 0.00006 (the hold was for 3 + 50 tokens)
     assert final_text == "one two three" and receipt["charged_usdc"] == "0.000060"
-    balance = market.balance(escrow_id)
+    balance = settled_balance(market, escrow_id)
     assert balance["spent_usdc"] == Decimal("0.00006") and balance["held_usdc"] == 0
 
 
@@ -162,7 +169,7 @@ def test_async_generator(space, client, money):
     market, _ = space
     escrow_id = market.escrow("0.010")
     assert client.predict("x", escrow_id, api_name="/astream") == "x2"
-    balance = market.balance(escrow_id)
+    balance = settled_balance(market, escrow_id)
     assert balance["spent_usdc"] == Decimal("0.001") and balance["held_usdc"] == 0
 
 
@@ -171,5 +178,5 @@ def test_failure_in_the_app_costs_nothing(space, client, money):
     escrow_id = market.escrow("0.010")
     with pytest.raises(AppError, match=r"^The sentiment classification failed\. You were not charged\.$"):
         client.predict("x", escrow_id, api_name="/broken")
-    balance = market.balance(escrow_id)
+    balance = settled_balance(market, escrow_id)
     assert balance["spent_usdc"] == 0 and balance["held_usdc"] == 0
