@@ -310,7 +310,7 @@ class LeaseSettlement(Settlement):
         amount = self._lease_size(need)
         for _attempt in range(4):
             try:
-                lease = self._open_hold(escrow_id, amount, need)
+                lease, remaining = self._open_hold(escrow_id, amount, need)
             except EscrowApiError as exc:
                 if exc.status == 405 or (exc.status == 404 and (fresh or self._view.escrow_exists(escrow_id))):
                     self._no_holds = True
@@ -334,35 +334,35 @@ class LeaseSettlement(Settlement):
                     self._retire(old)
                 self._current[escrow_id] = lease
                 self._leases[lease.hold_id] = lease
+                if remaining is not None:
+                    self._seen_remaining[escrow_id] = remaining
                 return self._take(lease, escrow_id, maximum, reason, need)
         raise InsufficientFunds(escrow_id, maximum, None)
 
-    def _open_hold(self, escrow_id: str, amount: int, need: int) -> _LeaseState:
-        ttl = self.config.hold_ttl_s
-        sent_at = self._now()
-        body = self._client.open_hold(escrow_id, _usdc(amount), ttl, key=new_idempotency_key())
-        hold_id = body.get("hold_id")
-        if not isinstance(hold_id, str) or not _HOLD_ID.fullmatch(hold_id):
-            log.warning("escrow service answered a hold without a usable hold_id")
-            raise ServiceUnavailable("The payment service gave an unusable answer")
-        expires_at = sent_at + ttl
-        try:
-            expires_at = min(expires_at, _parse_time(body.get("expires_at")))
-        except (TypeError, ValueError):
-            pass
-        with self._lock:
-            self._own_holds.add(hold_id)
-        self.journal.add_hold(hold_id, escrow_id, amount, expires_at, sent_at)
-        self._note_remaining(escrow_id, body)
-        return _LeaseState(escrow_id, hold_id, amount, sent_at, expires_at, need, self.config.low_water)
+    def _open_hold(self, escrow_id: str, amount: int, need: int) -> tuple[_LeaseState, int | None]:
+        """Open the hold of a new lease; returns it (not yet tracked) and the escrow's remaining after it.
 
-    def _note_remaining(self, escrow_id: str, body: dict) -> None:
-        try:
-            remaining = parse_usdc(body.get("remaining_usdc"))
-        except ValueError:
-            return
-        with self._lock:
-            self._seen_remaining[escrow_id] = _micro(remaining)
+        Under the flush lock: this process's requests that move an escrow's remaining are then answered
+        in the order they were sent, so the remaining each answer reports is never older than the last.
+        """
+        ttl = self.config.hold_ttl_s
+        with self._flush_lock:
+            sent_at = self._now()
+            body = self._client.open_hold(escrow_id, _usdc(amount), ttl, key=new_idempotency_key())
+            hold_id = body.get("hold_id")
+            if not isinstance(hold_id, str) or not _HOLD_ID.fullmatch(hold_id):
+                log.warning("escrow service answered a hold without a usable hold_id")
+                raise ServiceUnavailable("The payment service gave an unusable answer")
+            expires_at = sent_at + ttl
+            try:
+                expires_at = min(expires_at, _parse_time(body.get("expires_at")))
+            except (TypeError, ValueError):
+                pass
+            with self._lock:
+                self._own_holds.add(hold_id)
+            self.journal.add_hold(hold_id, escrow_id, amount, expires_at, sent_at)
+        lease = _LeaseState(escrow_id, hold_id, amount, sent_at, expires_at, need, self.config.low_water)
+        return lease, _remaining_in(body)
 
     # -- settle / release ---------------------------------------------------------------
 
@@ -511,8 +511,7 @@ class LeaseSettlement(Settlement):
         self.journal.finish_intent(intent.key, "done")
         if intent.final:
             self.journal.close_hold(intent.hold_id)
-        self._note_remaining(intent.escrow_id, body)
-        self._forget_intent(lease, intent)
+        self._forget_intent(lease, intent, remaining=_remaining_in(body))
         return True
 
     def _lost(self, lease: _LeaseState | None, intent: CaptureIntent, exc: EscrowApiError) -> None:
@@ -538,8 +537,12 @@ class LeaseSettlement(Settlement):
                     lease.uncaptured = 0
         self._forget_intent(lease, intent, closed=True)
 
-    def _forget_intent(self, lease: _LeaseState | None, intent: CaptureIntent, closed: bool = False) -> None:
+    def _forget_intent(
+        self, lease: _LeaseState | None, intent: CaptureIntent, closed: bool = False, remaining: int | None = None
+    ) -> None:
         with self._lock:
+            if remaining is not None:
+                self._seen_remaining[intent.escrow_id] = remaining
             if lease is None:
                 return
             if lease.pending is intent:
@@ -557,8 +560,9 @@ class LeaseSettlement(Settlement):
                 return
             lease.successor_tried = mono
             opening = self._opening[escrow_id] = Future()
+        successor, remaining = None, None
         try:
-            successor = self._open_hold(escrow_id, self._lease_size(lease.last_need), lease.last_need)
+            successor, remaining = self._open_hold(escrow_id, self._lease_size(lease.last_need), lease.last_need)
         except (EscrowApiError, GateError):
             successor = None  # the next call that needs it opens it (and reports any refusal)
         except Exception:
@@ -573,6 +577,8 @@ class LeaseSettlement(Settlement):
                         self._retire(old)
                     self._current[escrow_id] = successor
                     self._leases[successor.hold_id] = successor
+                    if remaining is not None:
+                        self._seen_remaining[escrow_id] = remaining
             opening.set_result(None)
 
     def _close_retired(self, escrow_id: str) -> None:
@@ -654,6 +660,13 @@ class LeaseSettlement(Settlement):
         finally:
             self._per_call.close()
             self.journal.close()
+
+
+def _remaining_in(body: dict) -> int | None:
+    try:
+        return _micro(parse_usdc(body.get("remaining_usdc")))
+    except ValueError:
+        return None
 
 
 def _parse_time(value: Any) -> float:

@@ -1,0 +1,328 @@
+"""Lease settlement against the real sandbox escrow over HTTP (no timing assertions)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from gate import EscrowExpired, FunctionFailed, GateError, InsufficientFunds, Lease, PerCall
+
+PRICE = PerCall("0.001")
+ROOT = Path(__file__).resolve().parents[2]
+CHARGE_ID = re.compile(r"chg_[A-Za-z0-9]{24}")
+
+
+def echo_on(gate, **paid):
+    @gate.paid(PRICE, reason="echo", receipt=True, **paid)
+    def echo(text: str) -> str:
+        if text == "fail":
+            raise RuntimeError("boom")
+        return text
+
+    return echo
+
+
+def captured_on_service(market, escrow_id) -> Decimal:
+    """The gross captured on the service for this escrow (its spent: captures are the only settlements here)."""
+    return market.balance(escrow_id)["spent_usdc"]
+
+
+def test_lease_is_the_default_and_sequential_receipts_are_exact(market):
+    gate = market.gate()
+    echo = echo_on(gate)
+    escrow_id = market.escrow("1")
+    market.server.clear_log()
+    n = 200
+    receipts = [echo(str(i), escrow_id)[1] for i in range(n)]
+    for i, receipt in enumerate(receipts, start=1):
+        assert receipt["settlement"] == "lease" and receipt["charged_usdc"] == "0.001000"
+        assert CHARGE_ID.fullmatch(receipt["charge_id"])
+        # one Space calling sequentially: remaining is exactly what the escrow will keep
+        assert Decimal(receipt["remaining_usdc"]) == Decimal("1") - i * Decimal("0.001"), i
+    assert len({r["charge_id"] for r in receipts}) == n
+    # steady state: about 3 requests (hold, partial capture, final) per lease of 50 calls
+    requests = market.requests_for(escrow_id)
+    assert len(requests) <= n / 10 + 5, requests
+    gate.close()
+    balance = market.balance(escrow_id)
+    assert balance["spent_usdc"] == Decimal("0.200") and balance["held_usdc"] == 0
+    assert balance["remaining_usdc"] == Decimal("0.800")
+    market.server.store.check_invariants()
+
+
+def test_failed_call_costs_nothing_and_returns_its_reservation(market):
+    gate = market.gate(settlement=Lease(calls=2))  # the lease covers exactly two calls
+    echo = echo_on(gate)
+    escrow_id = market.escrow("0.010")
+    assert echo("a", escrow_id)[0] == "a"
+    for _ in range(5):
+        with pytest.raises(FunctionFailed, match="not charged"):
+            echo("fail", escrow_id)
+    # the failures returned their reservations: the second call still fits in the first lease
+    holds_before = [p for m, p in market.requests_for(escrow_id) if p.endswith("/holds")]
+    assert echo("b", escrow_id)[0] == "b"
+    assert [p for m, p in market.requests_for(escrow_id) if p.endswith("/holds")] == holds_before
+    assert len(holds_before) == 1
+    gate.close()
+    balance = market.balance(escrow_id)
+    assert balance["spent_usdc"] == Decimal("0.002") and balance["held_usdc"] == 0
+    assert balance["remaining_usdc"] == Decimal("0.008")
+    market.server.store.check_invariants()
+
+
+def test_close_captures_everything_and_voids_the_rest(market):
+    gate = market.gate(settlement=Lease(capture_interval_s=3600, idle_s=3600))
+    echo = echo_on(gate)
+    escrow_id = market.escrow("1")
+    for i in range(7):
+        echo(str(i), escrow_id)
+    before = market.balance(escrow_id)
+    assert before["held_usdc"] == Decimal("0.050") and before["spent_usdc"] == 0  # nothing captured yet
+    gate.close()
+    balance = market.balance(escrow_id)
+    assert balance["held_usdc"] == 0 and balance["spent_usdc"] == Decimal("0.007")
+    assert balance["remaining_usdc"] == Decimal("0.993")
+    with pytest.raises(GateError, match="not charged"):
+        echo("late", escrow_id)
+    market.server.store.check_invariants()
+
+
+def test_idle_lease_is_captured_and_voided(market):
+    gate = market.gate(settlement=Lease(idle_s=0.2, capture_interval_s=3600))
+    echo = echo_on(gate)
+    escrow_id = market.escrow("1")
+    echo("x", escrow_id)
+    deadline = threading.Event()
+    for _ in range(200):  # bounded wait for the flusher
+        if market.balance(escrow_id)["held_usdc"] == 0:
+            break
+        deadline.wait(0.05)
+    balance = market.balance(escrow_id)
+    assert balance["held_usdc"] == 0 and balance["spent_usdc"] == Decimal("0.001")
+    market.server.store.check_invariants()
+
+
+@pytest.mark.parametrize("k", [10, 37])
+def test_no_overspend_under_64_concurrent_calls_across_two_gates(market, k):
+    gates = [market.gate(seller_id=market.seller.agent_id, settlement=Lease(calls=8)) for _ in range(2)]
+    escrow_id = market.escrow(str(Decimal("0.001") * k))
+    echoes = [echo_on(g) for g in gates]
+    start = threading.Barrier(64)
+
+    def call(i):
+        start.wait()
+        try:
+            return echoes[i % 2](str(i), escrow_id)
+        except GateError as refusal:
+            return refusal
+
+    with ThreadPoolExecutor(64) as pool:
+        outcomes = list(pool.map(call, range(64)))
+    results = [o for o in outcomes if not isinstance(o, GateError)]
+    refusals = [o for o in outcomes if isinstance(o, GateError)]
+    assert 0 < len(results) <= k
+    assert all(isinstance(r, InsufficientFunds) and "not charged" in r.message for r in refusals)
+    charge_ids = [receipt["charge_id"] for _, receipt in results]
+    assert len(set(charge_ids)) == len(results)
+    for gate in gates:
+        gate.close()
+    balance = market.balance(escrow_id)
+    # every result paid, nothing else: captured on the service == results × price
+    assert balance["spent_usdc"] == len(results) * Decimal("0.001")
+    assert balance["held_usdc"] == 0
+    assert balance["remaining_usdc"] + balance["spent_usdc"] == balance["amount_usdc"]
+    market.server.store.check_invariants()
+
+
+def test_hold_expiring_under_an_open_lease(market, caplog):
+    gate = market.gate(settlement=Lease(hold_ttl_s=120, capture_interval_s=3600, idle_s=3600))
+    echo = echo_on(gate)
+    escrow_id = market.escrow("1")
+    for i in range(3):
+        echo(str(i), escrow_id)
+    gate._settlement.flush()  # nothing due: the interval is long
+    market.server.clock.tick(121)  # the lease's hold expires on the service, uncaptured
+    with caplog.at_level(logging.ERROR, logger="gate"):
+        _, receipt = echo("after", escrow_id)  # served by a new lease
+        gate._settlement.flush()  # the expired lease's capture is refused: those charges are lost
+    assert receipt["charged_usdc"] == "0.001000"
+    assert any("lost 0.003000 USDC" in r.getMessage() for r in caplog.records)
+    gate.close()
+    balance = market.balance(escrow_id)
+    assert balance["spent_usdc"] == Decimal("0.001") and balance["held_usdc"] == 0
+    assert balance["remaining_usdc"] == Decimal("0.999")
+    market.server.store.check_invariants()
+
+
+def test_escrow_expiring_under_an_open_lease(market):
+    gate = market.gate(settlement=Lease(capture_interval_s=3600, idle_s=3600))
+    echo = echo_on(gate)
+    escrow_id = market.escrow("0.100", ttl_seconds=600)
+    for i in range(4):
+        echo(str(i), escrow_id)
+    gate._settlement.flush(close_all=False)
+    market.server.clock.tick(601)
+    with pytest.raises(EscrowExpired, match="not charged"):
+        echo("late", escrow_id)
+    gate.close()
+    balance = market.balance(escrow_id)
+    assert balance["status"] == "expired"
+    assert balance["spent_usdc"] == 0 and balance["held_usdc"] == 0  # nothing was captured in time
+    assert balance["refunded_usdc"] == Decimal("0.100")
+    assert all(v >= 0 for k, v in balance.items() if k != "status")
+    market.server.store.check_invariants()
+
+
+def test_a_long_call_outliving_its_lease_is_charged_on_its_own_hold(market):
+    gate = market.gate(settlement=Lease(hold_ttl_s=120, capture_interval_s=3600, idle_s=3600))
+    escrow_id = market.escrow("1")
+
+    @gate.paid(PRICE, reason="slow", receipt=True)
+    def slow(text: str) -> str:
+        market.server.clock.tick(115)  # past 90 % of the lease's life while it runs
+        return text
+
+    _, receipt = slow("x", escrow_id)
+    assert receipt["charged_usdc"] == "0.001000" and receipt["settlement"] == "hold"
+    assert market.balance(escrow_id)["spent_usdc"] == Decimal("0.001")  # captured before returning
+    gate.close()
+    balance = market.balance(escrow_id)
+    assert balance["spent_usdc"] == Decimal("0.001") and balance["held_usdc"] == 0
+    market.server.store.check_invariants()
+
+
+# -- the journal across a crash ---------------------------------------------------------
+
+CHILD = r"""
+import os, sys
+sys.path.insert(0, sys.argv[1])
+from gate import EscrowGate, Lease, PerCall
+url, key, seller, escrow_id, journal, now, n, mode = sys.argv[2:10]
+gate = EscrowGate(url, key, seller_id=seller, clock=lambda: float(now),
+                  settlement=Lease(journal=journal, capture_interval_s=3600, idle_s=3600))
+
+@gate.paid(PerCall("0.001"), reason="echo")
+def echo(text):
+    return text
+
+for i in range(int(n)):
+    assert echo(str(i), escrow_id) == str(i)
+if mode == "capture_then_die":
+    session = gate._client._session
+    real = session.request
+    def die_after_capture(method, url, **kwargs):
+        response = real(method, url, **kwargs)
+        if url.endswith("/capture"):
+            os._exit(3)  # the service applied it; the journal still says pending
+        return response
+    session.request = die_after_capture
+    gate._settlement.flush(close_all=True)
+os._exit(3)  # crash: no close(), no flush
+"""
+
+
+def crash_child(market, escrow_id, journal, n, mode="die"):
+    args = [
+        sys.executable, "-c", CHILD, str(ROOT), market.server.url, market.seller.api_key, market.seller.agent_id,
+        escrow_id, str(journal), str(market.server.clock.now()), str(n), mode,
+    ]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": ""})
+    assert done.returncode == 3, done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("mode", ["die", "capture_then_die"])
+def test_restart_replays_the_journal_exactly_once(market, tmp_path, mode, caplog):
+    journal = tmp_path / "gate" / "journal.sqlite"
+    escrow_id = market.escrow("1")
+    n = 7
+    crash_child(market, escrow_id, journal, n, mode)
+    balance = market.balance(escrow_id)
+    if mode == "die":
+        assert balance["spent_usdc"] == 0 and balance["held_usdc"] == Decimal("0.050")
+    else:
+        assert balance["spent_usdc"] == Decimal("0.007") and balance["held_usdc"] == 0  # applied, unconfirmed
+    captures_before = sum(1 for m, p in market.requests_for(escrow_id) if p.endswith("/capture"))
+    with caplog.at_level(logging.WARNING, logger="gate"):
+        restarted = market.gate(settlement=Lease(journal=journal))
+    assert any("lease journal replayed" in r.getMessage() for r in caplog.records)
+    totals = restarted._settlement.journal.totals()
+    assert totals["captured"] == 7000 and totals["lost"] == 0  # the resent intent was replayed, not refused
+    assert totals["pending"] == 0 and totals["unassigned"] == 0
+    balance = market.balance(escrow_id)
+    assert balance["spent_usdc"] == Decimal("0.007") and balance["held_usdc"] == 0
+    assert balance["remaining_usdc"] == Decimal("0.993")
+    captures = [p for m, p in market.requests_for(escrow_id) if p.endswith("/capture")]
+    assert len(captures) == captures_before + 1  # one replay (a resend with the same key in capture_then_die)
+    market.gate(settlement=Lease(journal=journal))  # and again: nothing left to do
+    assert sum(1 for m, p in market.requests_for(escrow_id) if p.endswith("/capture")) == len(captures)
+    balance = market.balance(escrow_id)
+    assert balance["spent_usdc"] == Decimal("0.007") and balance["held_usdc"] == 0
+    market.server.store.check_invariants()
+
+
+def test_replay_after_the_hold_expired_loses_only_those_charges(market, tmp_path, caplog):
+    journal = tmp_path / "journal.sqlite"
+    escrow_id = market.escrow("1")
+    crash_child(market, escrow_id, journal, 4)
+    market.server.clock.tick(121)  # the crashed lease's hold (120 s) expired before the restart
+    with caplog.at_level(logging.WARNING, logger="gate"):
+        gate = market.gate(settlement=Lease(journal=journal))
+    assert any("0.004000 USDC lost" in r.getMessage() for r in caplog.records)
+    echo = echo_on(gate)
+    echo("x", escrow_id)  # the restarted gate works normally
+    gate.close()
+    balance = market.balance(escrow_id)
+    assert balance["spent_usdc"] == Decimal("0.001") and balance["held_usdc"] == 0
+    assert balance["remaining_usdc"] == Decimal("0.999")  # the lost charges went back to the buyer
+    market.server.store.check_invariants()
+
+
+def test_journal_records_every_charge_before_the_result(market, tmp_path):
+    journal = tmp_path / "journal.sqlite"
+    gate = market.gate(settlement=Lease(journal=journal, capture_interval_s=3600, idle_s=3600))
+    echo = echo_on(gate)
+    escrow_id = market.escrow("1")
+    receipts = [echo(str(i), escrow_id)[1] for i in range(3)]
+    import sqlite3
+
+    with sqlite3.connect(journal) as db:
+        rows = db.execute("SELECT charge_id, amount_micro, capture_key FROM charges ORDER BY created_at").fetchall()
+        hold_ids = {h for (h,) in db.execute("SELECT hold_id FROM holds")}
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert sorted(r[0] for r in rows) == sorted(r["charge_id"] for r in receipts)
+    assert all(amount == 1000 and key is None for _, amount, key in rows)
+    assert len(hold_ids) == 1
+    gate.close()
+    with sqlite3.connect(journal) as db:
+        assert db.execute("SELECT COUNT(*) FROM charges WHERE capture_key IS NULL").fetchone()[0] == 0
+        assert db.execute("SELECT status FROM captures").fetchall() == [("done",)]
+    assert market.balance(escrow_id)["spent_usdc"] == Decimal("0.003")
+    market.server.store.check_invariants()
+
+
+def test_lease_options_are_validated():
+    for bad in (dict(calls=0), dict(max_usdc=0.5), dict(max_usdc="0"), dict(capture_interval_s=0),
+                dict(low_water=1), dict(hold_ttl_s=1), dict(synchronous="OFF")):
+        with pytest.raises((ValueError, TypeError)):
+            Lease(**bad)
+    assert Lease(max_usdc="0.02").max_usdc == Decimal("0.02")
+
+
+def test_lease_size_cap_in_usdc(market):
+    gate = market.gate(settlement=Lease(max_usdc="0.003"))
+    echo = echo_on(gate)
+    escrow_id = market.escrow("1")
+    echo("x", escrow_id)
+    assert market.balance(escrow_id)["held_usdc"] == Decimal("0.003")
+    gate.close()
+    assert market.balance(escrow_id)["spent_usdc"] == Decimal("0.001")
+    market.server.store.check_invariants()
