@@ -215,6 +215,7 @@ class LeaseSettlement(Settlement):
         self._flush_lock = threading.RLock()  # one sender of captures at a time; never taken on the hot path
         self._current: dict[str, _LeaseState] = {}  # escrow -> the lease new calls reserve on
         self._leases: dict[str, _LeaseState] = {}  # hold -> every lease not yet closed
+        self._by_escrow: dict[str, list[_LeaseState]] = {}  # the same, by escrow
         self._opening: dict[str, Future] = {}
         self._seen_remaining: dict[str, int] = {}
         self._own_holds: set[str] = set()  # holds this process opened (replay leaves them alone)
@@ -299,6 +300,21 @@ class LeaseSettlement(Settlement):
             del self._current[lease.escrow_id]
         self._wake.set()
 
+    def _track(self, lease: _LeaseState) -> None:
+        """Under the lock."""
+        self._leases[lease.hold_id] = lease
+        self._by_escrow.setdefault(lease.escrow_id, []).append(lease)
+
+    def _untrack(self, lease: _LeaseState) -> None:
+        """Under the lock."""
+        if self._leases.pop(lease.hold_id, None) is None:
+            return
+        same = self._by_escrow.get(lease.escrow_id, [])
+        if lease in same:
+            same.remove(lease)
+        if not same:
+            self._by_escrow.pop(lease.escrow_id, None)
+
     def _lease_size(self, need: int) -> int:
         size = need * self.config.calls
         if self._cap is not None:
@@ -333,7 +349,7 @@ class LeaseSettlement(Settlement):
                 if old is not None:
                     self._retire(old)
                 self._current[escrow_id] = lease
-                self._leases[lease.hold_id] = lease
+                self._track(lease)
                 if remaining is not None:
                     self._seen_remaining[escrow_id] = remaining
                 return self._take(lease, escrow_id, maximum, reason, need)
@@ -402,7 +418,7 @@ class LeaseSettlement(Settlement):
         remaining = None
         if seen is not None:
             unused = sum(
-                max(lease.available, 0) for lease in self._leases.values() if lease.escrow_id == r.escrow_id
+                max(lease.available, 0) for lease in self._by_escrow.get(r.escrow_id, ())
             )
             remaining = _usdc(seen + unused)
         return Receipt(r.escrow_id, charge_id, _usdc(micro), remaining, r.reason, "lease")
@@ -486,10 +502,10 @@ class LeaseSettlement(Settlement):
                     jobs.append((lease, intent))
                     if low and lease.state == _OPEN and not close_all:
                         preopen.append(lease)
+            for lease in preopen:  # first: calls may be waiting for it
+                self._open_successor(lease, mono)
             for lease, intent in jobs:
                 self._send(lease, intent)
-            for lease in preopen:
-                self._open_successor(lease, mono)
 
     def _send(self, lease: _LeaseState | None, intent: CaptureIntent) -> bool:
         """Send one capture intent with its own key; True once it is settled (done or lost)."""
@@ -548,7 +564,7 @@ class LeaseSettlement(Settlement):
             if lease.pending is intent:
                 lease.pending = None
             if intent.final or closed:
-                self._leases.pop(lease.hold_id, None)
+                self._untrack(lease)
 
     def _open_successor(self, lease: _LeaseState, mono: float) -> None:
         """Below low water: open the next lease before calls need it (best effort, full size only)."""
@@ -576,7 +592,7 @@ class LeaseSettlement(Settlement):
                     if old is not None:
                         self._retire(old)
                     self._current[escrow_id] = successor
-                    self._leases[successor.hold_id] = successor
+                    self._track(successor)
                     if remaining is not None:
                         self._seen_remaining[escrow_id] = remaining
             opening.set_result(None)
