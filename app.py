@@ -27,12 +27,13 @@ from typing import Any
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+import anyio.to_thread  # noqa: E402
 import gradio as gr  # noqa: E402
 import requests  # noqa: E402
 import uvicorn  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
 
-from gate import EscrowGate, PerCall  # noqa: E402
+from gate import EscrowGate, Lease, PerCall  # noqa: E402
 from models import DynamicBatcher, EmptyTextError, ModelLoadError, load_model  # noqa: E402
 
 log = logging.getLogger("space")
@@ -40,6 +41,8 @@ log = logging.getLogger("space")
 SANDBOX_PREFIX = "/sandbox/api"
 SELLER_FILE = "sandbox-seller.json"
 SANDBOX_DB_FILE = "sandbox-escrow.db"
+JOURNAL_FILE = "gate-journal.sqlite"
+SETTLEMENTS = ("lease", "per_call")
 
 
 class ConfigError(Exception):
@@ -58,6 +61,7 @@ class SpaceConfig:
     port: int
     data_dir: str | None
     public_url: str
+    settlement: str = "lease"
 
     @property
     def sandbox(self) -> bool:
@@ -81,6 +85,9 @@ class SpaceConfig:
         if not raw_port.isdigit() or not 0 < int(raw_port) < 65536:
             raise ConfigError(f"GRADIO_SERVER_PORT must be a port number, not {raw_port!r}.")
         port = int(raw_port)
+        settlement = env.get("SETTLEMENT", "").strip().lower() or "lease"
+        if settlement not in SETTLEMENTS:
+            raise ConfigError(f"SETTLEMENT must be one of {', '.join(SETTLEMENTS)}, not {settlement!r}.")
         space_host = env.get("SPACE_HOST", "").strip()
         browse_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         public_url = f"https://{space_host}" if space_host else f"http://{browse_host}:{port}"
@@ -93,6 +100,7 @@ class SpaceConfig:
             port=port,
             data_dir=env.get("DATA_DIR", "").strip() or None,
             public_url=public_url.rstrip("/"),
+            settlement=settlement,
         )
 
     @property
@@ -111,7 +119,7 @@ def pick_data_dir(configured: str | None) -> tuple[Path, str]:
     persistent = Path("/data")
     if persistent.is_dir() and os.access(persistent, os.W_OK):
         return persistent, "persistent storage"
-    return Path(tempfile.mkdtemp(prefix="paid-space-")), "a temporary folder: sandbox balances are lost on restart"
+    return Path(tempfile.mkdtemp(prefix="paid-space-")), "a temporary folder: its contents are lost on restart"
 
 
 @dataclass
@@ -322,15 +330,17 @@ def require_text(text: str, *_: Any) -> None:
 def create_space(config: SpaceConfig) -> tuple[FastAPI, dict[str, Any]]:
     """Build the whole Space as one ASGI app; returns it with the parts tests and main() use."""
     sandbox: Sandbox | None = None
+    data_dir, why = pick_data_dir(config.data_dir)
+    # The journal lets a restarted Space capture what it earned but had not captured yet.
+    settlement = Lease(journal=data_dir / JOURNAL_FILE) if config.settlement == "lease" else "per_call"
+    log.info("Settlement: %s; data folder %s (%s)", config.settlement, data_dir, why)
     if config.sandbox:
-        data_dir, why = pick_data_dir(config.data_dir)
         sandbox = start_sandbox(data_dir)
         escrow_url = config.loopback_url + SANDBOX_PREFIX
-        gate = EscrowGate(escrow_url, sandbox.seller_key, seller_id=sandbox.seller_id)
+        gate = EscrowGate(escrow_url, sandbox.seller_key, seller_id=sandbox.seller_id, settlement=settlement)
         log.info("Sandbox mode: no PF_API_KEY set. Sandbox escrow API at %s%s", config.public_url, SANDBOX_PREFIX)
-        log.info("Sandbox ledger: %s (%s)", sandbox.db_path, why)
     else:
-        gate = EscrowGate.from_env()
+        gate = EscrowGate.from_env(settlement=settlement)
         log.info("Production mode: charging through the escrow service configured by ESCROW_URL/PF_API_KEY.")
 
     try:
@@ -406,16 +416,36 @@ def create_space(config: SpaceConfig) -> tuple[FastAPI, dict[str, Any]]:
     return app, parts
 
 
+class SettleFirstServer(uvicorn.Server):
+    """uvicorn, but the gate settles before the server stops listening.
+
+    In sandbox mode the gate captures through this very server; uvicorn runs the
+    lifespan shutdown only after it has closed its sockets, too late for that.
+    """
+
+    def __init__(self, config: uvicorn.Config, settle) -> None:
+        super().__init__(config)
+        self._settle = settle
+
+    async def shutdown(self, sockets=None) -> None:
+        await anyio.to_thread.run_sync(self._settle)
+        await super().shutdown(sockets)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         config = SpaceConfig.from_env()
-        app, _ = create_space(config)
+        app, parts = create_space(config)
     except (ConfigError, ModelLoadError) as exc:
         print(f"Cannot start the Space: {exc}", file=sys.stderr)
         sys.exit(1)
     log.info("Serving on %s", config.public_url)
-    uvicorn.run(app, host=config.host, port=config.port, log_level="warning")
+    # Open event streams (browsers, gradio_client heartbeats) must not keep a stopping Space up.
+    server_config = uvicorn.Config(
+        app, host=config.host, port=config.port, log_level="warning", timeout_graceful_shutdown=5
+    )
+    SettleFirstServer(server_config, parts["gate"].close).run()
 
 
 if __name__ == "__main__":

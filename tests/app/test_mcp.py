@@ -48,7 +48,7 @@ def test_mcp_tool_is_paid_by_argument_and_by_header(sandbox_space, mcp_url):
     _, by_header = asyncio.run(_call_tool(mcp_url, {"text": "so bad"}, headers={"X-Escrow-Id": escrow_id}))
     assert not by_header.isError, _text(by_header)
 
-    escrow = sandbox.escrow(buyer, escrow_id)
+    escrow = sandbox.escrow_once_spent(buyer, escrow_id, Decimal("0.002"))
     assert escrow["spent_usdc"] == Decimal("0.002")
 
 

@@ -53,9 +53,9 @@ def test_calls_are_charged_on_the_configured_service(production_space):
     assert pricing["mode"] == "production"
     result, receipt = client.predict("what a lovely day", escrow_id, api_name="/classify")
     assert result["label"] in {"negative", "neutral", "positive"}
-    escrow = api.escrow(buyer, escrow_id)
+    escrow = api.escrow_once_spent(buyer, escrow_id, Decimal("0.001"))
     assert escrow["spent_usdc"] == Decimal("0.001")
-    assert Decimal(receipt["remaining_usdc"]) == escrow["remaining_usdc"]
+    assert Decimal(receipt["remaining_usdc"]) == escrow["remaining_usdc"] + escrow["held_usdc"]
     assert seller.api_key not in server.log()
 
 

@@ -43,7 +43,7 @@ def test_classify_by_argument_and_by_header_charges_the_escrow(sandbox_space, cl
     assert Decimal(receipt["charged_usdc"]) == PRICE
     assert receipt["charge_id"]
     assert receipt["model"]
-    assert Decimal(receipt["remaining_usdc"]) == sandbox.escrow(buyer, escrow_id)["remaining_usdc"]
+    assert Decimal(receipt["remaining_usdc"]) == Decimal("0.010") - PRICE
 
     by_header = Client(sandbox_space.url, verbose=False, headers={"X-Escrow-Id": escrow_id})
     result2, receipt2 = by_header.predict("This is terrible", "", api_name="/classify")
@@ -51,10 +51,11 @@ def test_classify_by_argument_and_by_header_charges_the_escrow(sandbox_space, cl
     assert receipt2["escrow_id"] == escrow_id
     assert receipt2["charge_id"] != receipt["charge_id"]
 
-    escrow = sandbox.escrow(buyer, escrow_id)
+    # Lease settlement: the charges are captured within seconds; the unused lease stays held.
+    escrow = sandbox.escrow_once_spent(buyer, escrow_id, 2 * PRICE)
     assert escrow["spent_usdc"] == 2 * PRICE
-    assert escrow["remaining_usdc"] == Decimal("0.010") - 2 * PRICE
-    assert Decimal(receipt2["remaining_usdc"]) == escrow["remaining_usdc"]
+    assert escrow["remaining_usdc"] + escrow["held_usdc"] == Decimal("0.010") - 2 * PRICE
+    assert Decimal(receipt2["remaining_usdc"]) == escrow["remaining_usdc"] + escrow["held_usdc"]
     # The seller was paid what was spent, less the 1% fee.
     seller = sandbox_space.seller()
     me = requests.get(f"{sandbox.root}/me", headers=seller.auth, timeout=10).json(parse_float=Decimal)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -55,6 +56,15 @@ class EscrowApi:
         response = requests.get(f"{self.root}/escrow/{escrow_id}", headers=buyer.auth, timeout=10)
         assert response.status_code == 200, response.text
         return response.json(parse_float=Decimal)
+
+    def escrow_once_spent(self, buyer: Buyer, escrow_id: str, spent: Decimal, within_s: float = 20.0) -> dict:
+        """The escrow once `spent` has been captured: lease mode captures every few seconds, not per call."""
+        deadline = time.monotonic() + within_s
+        while True:
+            escrow = self.escrow(buyer, escrow_id)
+            if escrow["spent_usdc"] >= spent or time.monotonic() > deadline:
+                return escrow
+            time.sleep(0.2)
 
 
 @dataclass
