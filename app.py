@@ -178,8 +178,10 @@ auth = {"Authorization": "Bearer pf_live_..."}"""
 import requests
 from gradio_client import Client
 
-ESCROW = "{escrow_api_url}"
-SELLER_ID = "{seller_id}"   # this Space
+client = Client("{space_url}")
+pricing = client.predict(api_name="/pricing")   # free: seller ID, price, escrow API
+ESCROW = pricing["escrow_api"]                  # {escrow_api_url}
+SELLER_ID = pricing["seller_id"]                # {seller_id}
 
 {funding}
 
@@ -190,7 +192,6 @@ escrow = requests.post(f"{{ESCROW}}/escrow", headers=auth, json={{
 escrow_id = escrow["id"]
 
 # Pass the escrow ID as an argument...
-client = Client("{space_url}")
 result, receipt = client.predict("I love this!", escrow_id, api_name="/classify")
 
 # ...or once for every call, as a header.
@@ -371,7 +372,7 @@ def create_space(config: SpaceConfig) -> tuple[FastAPI, dict[str, Any]]:
         return batcher.submit(text).as_dict()
 
     seller_id = sandbox.seller_id if sandbox else gate.seller_id
-    escrow_api_url = (config.public_url + SANDBOX_PREFIX) if sandbox else (config.escrow_url or "the escrow service")
+    escrow_api_url = (config.public_url + SANDBOX_PREFIX) if sandbox else gate.escrow_url
     log.info("This Space's seller ID: %s", seller_id)
 
     def pricing() -> dict:

@@ -166,6 +166,7 @@ class EscrowGate:
         if isinstance(hold_ttl_seconds, bool) or not isinstance(hold_ttl_seconds, int) or hold_ttl_seconds < 1:
             raise ValueError("hold_ttl_seconds must be a positive int")
         self._client = EscrowClient(escrow_url, api_key, timeout=timeout, max_connections=max_connections)
+        self.escrow_url = escrow_url.rstrip("/")  # public: buyers open escrows here
         self._now = _time_source(clock)
         self._cache = FactsCache(self._now, ttl=cache_ttl, negative_ttl=negative_cache_ttl)
         self._seller_id = seller_id

@@ -51,6 +51,7 @@ def test_calls_are_charged_on_the_configured_service(production_space):
     pricing = client.predict(api_name="/pricing")
     assert pricing["seller_id"] == seller.agent_id
     assert pricing["mode"] == "production"
+    assert pricing["escrow_api"] == api.root  # buyers open escrows where the Space charges them
     result, receipt = client.predict("what a lovely day", escrow_id, api_name="/classify")
     assert result["label"] in {"negative", "neutral", "positive"}
     escrow = api.escrow_once_spent(buyer, escrow_id, Decimal("0.001"))
