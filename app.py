@@ -33,7 +33,7 @@ import requests  # noqa: E402
 import uvicorn  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
 
-from gate import EscrowGate, Lease, PerCall  # noqa: E402
+from gate import EscrowGate, GateError, Lease, PerCall  # noqa: E402
 from models import DynamicBatcher, EmptyTextError, ModelLoadError, load_model  # noqa: E402
 
 log = logging.getLogger("space")
@@ -371,7 +371,15 @@ def create_space(config: SpaceConfig) -> tuple[FastAPI, dict[str, Any]]:
         """Classify the sentiment of `text` as negative, neutral or positive, for a fee in USDC."""
         return batcher.submit(text).as_dict()
 
-    seller_id = sandbox.seller_id if sandbox else gate.seller_id
+    try:
+        seller_id = sandbox.seller_id if sandbox else gate.seller_id
+    except GateError as exc:
+        gate.close()
+        batcher.close()
+        raise ConfigError(
+            "The escrow service did not accept PF_API_KEY or could not be reached; "
+            "check the PF_API_KEY secret and ESCROW_URL."
+        ) from exc
     escrow_api_url = (config.public_url + SANDBOX_PREFIX) if sandbox else gate.escrow_url
     log.info("This Space's seller ID: %s", seller_id)
 

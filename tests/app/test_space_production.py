@@ -75,3 +75,20 @@ def test_unloadable_model_stops_production_with_one_sentence(tmp_path, hosted):
     assert "Traceback" not in output
     assert "Cannot start the Space:" in output
     assert "MODEL_ID" in output
+
+
+def test_a_key_the_escrow_service_rejects_stops_the_space_with_one_sentence(tmp_path, hosted):
+    server = space_process(
+        tmp_path, PF_API_KEY="pf_test_" + "y" * 32, ESCROW_URL=hosted.base_url + "/api", MODEL_ID="vader"
+    )
+    try:
+        server.start(timeout_s=90)
+    except RuntimeError:
+        pass
+    else:  # pragma: no cover - the test fails below
+        server.stop()
+    output = server.log()
+    assert server.process.wait(30) == 1
+    assert "Traceback" not in output
+    assert "Cannot start the Space:" in output and "PF_API_KEY" in output
+    assert "y" * 32 not in output
