@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -130,6 +131,7 @@ class PerCallSettlement(Settlement):
         self._on_fallback = on_fallback
         self._lock = threading.Lock()
         self._open: dict[int, Reservation] = {}
+        self._hold_deadline: dict[str, float] = {}
         self._deduct = False  # set once the service turns out to have no holds route
 
     @property
@@ -156,6 +158,8 @@ class PerCallSettlement(Settlement):
         reservation = Reservation(escrow_id, amount, reason, hold_id)
         with self._lock:
             self._open[id(reservation)] = reservation
+            # Before this (monotonic) moment the hold cannot have expired on the service by itself.
+            self._hold_deadline[hold_id] = time.monotonic() + ttl_seconds - 1
         return reservation
 
     def _holds_route_missing(self, escrow_id: str, exc: EscrowApiError, fresh: bool) -> bool:
@@ -227,6 +231,12 @@ class PerCallSettlement(Settlement):
                     pass
                 else:
                     return self._receipt(r, body, amount, "captured_usdc")
+                if self._captured_for_sure(r):
+                    # Only this gate touches its hold and it never voided it; an expired escrow
+                    # answers 410, not hold_closed; the hold's TTL has not run out: so the hold
+                    # closed because our capture went through. The buyer paid: hand the result out.
+                    log.warning("capture on %s confirmed by hold_closed (its answer was lost)", r.hold_id)
+                    return Receipt(r.escrow_id, r.hold_id, amount, None, r.reason, "hold")
             raise SettlementFailed(
                 r.escrow_id,
                 "The result was ready, but the payment service failed while it was being charged, "
@@ -317,9 +327,16 @@ class PerCallSettlement(Settlement):
             # The hold expires on the service by itself and returns to the buyer.
             log.warning("void of %s failed; the hold will expire back to the buyer", r.hold_id)
 
+    def _captured_for_sure(self, r: Reservation) -> bool:
+        with self._lock:
+            deadline = self._hold_deadline.get(r.hold_id)
+        return deadline is not None and time.monotonic() < deadline
+
     def _forget(self, r: Reservation) -> None:
         with self._lock:
             self._open.pop(id(r), None)
+            if r.hold_id is not None:
+                self._hold_deadline.pop(r.hold_id, None)
 
     def close(self) -> None:
         with self._lock:
