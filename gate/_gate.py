@@ -20,6 +20,7 @@ import anyio.to_thread
 import gradio as gr
 
 from ._cache import NOT_FOUND, EscrowFacts, FactsCache
+from ._limits import LookupLimiter, client_of
 from ._lease import Lease, LeaseSettlement
 from ._settlement import PerCallSettlement, Receipt, Reservation, Settlement
 from ._signature import GatedSignature, build_signature
@@ -113,6 +114,7 @@ class _Call:
     args: tuple
     kwargs: dict
     maximum: Decimal
+    client: str | None = None  # the caller's address (gate._limits), when Gradio gave a request
 
 
 class _View:
@@ -169,6 +171,7 @@ class EscrowGate:
         self.escrow_url = escrow_url.rstrip("/")  # public: buyers open escrows here
         self._now = _time_source(clock)
         self._cache = FactsCache(self._now, ttl=cache_ttl, negative_ttl=negative_cache_ttl)
+        self._lookups = LookupLimiter()  # unknown-escrow lookups per client and in all (gate/_limits.py)
         self._seller_id = seller_id
         self._seller_lock = threading.Lock()
         self.hold_ttl_seconds = hold_ttl_seconds
@@ -286,7 +289,15 @@ class EscrowGate:
         if cached is NOT_FOUND:
             raise EscrowNotFound(call.escrow_id)
         fresh = cached is None
-        facts = self._fetch_facts(call.escrow_id) if cached is None else cached
+        if cached is None:
+            self._lookups.check(call.client)
+            try:
+                facts = self._fetch_facts(call.escrow_id)
+            except EscrowNotFound:
+                self._lookups.unknown(call.client)
+                raise
+        else:
+            facts = cached
         self._refuse_unusable(facts, seller_id)
         return self._settlement.reserve(call.escrow_id, call.maximum, reason, ttl_seconds, fresh=fresh)
 
@@ -438,7 +449,7 @@ def _gated(
         except Exception as exc:
             log.error("pricing the call failed", exc_info=exc)
             raise FunctionFailed(reason, "The call could not be priced") from exc
-        return _Call(escrow_id, fn_args, fn_kwargs, maximum)
+        return _Call(escrow_id, fn_args, fn_kwargs, maximum, client_of(request))
 
     def receipt_dict(receipt: Receipt) -> dict:
         extra = receipt_extra() if callable(receipt_extra) else receipt_extra

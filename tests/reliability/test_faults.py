@@ -86,13 +86,14 @@ def assert_posts_were_safe(proxy):
 @pytest.mark.parametrize("target", list(TARGETS))
 @pytest.mark.parametrize("fault", list(FAULTS))
 def test_stream_of_paid_calls_under_fault(market, fault, target):
+    if target == "void" and market.settlement == "lease":
+        pytest.skip("a lease closes with a final capture, never /void")
     gate = market.gate(**FAST)
     escrow_id = market.escrow("0.050")
     market.proxy.add(fault, TARGETS[target], **FAULTS[fault])
     outcomes = run_stream(market, gate, escrow_id)
     gate.close()
-    if target != "void" or market.settlement == "per_call":  # a lease closes by final capture, never /void
-        assert market.proxy.faults_applied(), f"the {fault} fault never hit a {target} request"
+    assert market.proxy.faults_applied(), f"the {fault} fault never hit a {target} request"
     assert_posts_were_safe(market.proxy)
     # A single fault is absorbed by the retries: every call that ran well was paid.
     assert outcomes["paid"] == 8 - 2, (fault, target, outcomes, market.proxy.faults_applied())

@@ -98,6 +98,7 @@ class FaultProxy:
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._listener.bind(("127.0.0.1", 0))
         self._listener.listen(256)
+        self._listener.settimeout(0.05)  # so close() is noticed at once
         self.port = self._listener.getsockname()[1]
         self._clients: set[socket.socket] = set()
         self._thread = threading.Thread(target=self._accept, name=f"fault-proxy-{self.port}", daemon=True)
@@ -144,8 +145,11 @@ class FaultProxy:
         while not self._stopping.is_set():
             try:
                 client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
             except OSError:
                 return
+            client.settimeout(None)
             with self._lock:
                 self._clients.add(client)
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
