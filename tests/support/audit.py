@@ -17,6 +17,7 @@ a test, reads the escrow service's own ledger (the SQLite file, integer micro-US
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 from collections import Counter, defaultdict
@@ -61,7 +62,7 @@ class Outcomes:
 
     def error_mix(self) -> Counter:
         """Refusals grouped by their first words (for reporting)."""
-        return Counter(" ".join(m.split()[:6]) for m in self.refusals)
+        return Counter(re.sub(r"esc_\w+|[0-9.]+", "#", m).split(";")[0].split(".")[0] for m in self.refusals)
 
 
 class Ledger:
