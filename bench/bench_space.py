@@ -9,6 +9,10 @@ app in a subprocess on loopback, with four endpoints built like app.py's /classi
 - /ungated_batched  DynamicBatcher.submit(text)      (batching on, no gate)
 - /gated_direct     the same behind EscrowGate       (receipt=True, like app.py)
 - /gated_batched    the same behind EscrowGate
+- /ungated_echo, /gated_echo   no model at all (concurrency 1 and 8): what serving alone costs
+
+Per row it also reports the CPU time per request of the server process and of the client
+threads (this process), from /proc and time.process_time(), to show where the 2 cores go.
 
 The gate's settlement is `lease` unless `--settlement per_call`; the escrow is the sandbox
 (`python -m escrow serve`, 0 ms added latency) in another subprocess; each client thread pays
@@ -40,6 +44,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 from bench._common import REPO, banner, escrow_service, load_average, percentile  # noqa: E402
 
 CONCURRENCY = (1, 8, 16, 32)
+ECHO_CONCURRENCY = (1, 8)  # the same endpoints without the model: what serving alone costs
 PRICE = Decimal("0.001")
 ESCROW_MICRO = 10**10  # 10,000 USDC per client: never the limit here
 SERVER_START_TIMEOUT_S = 240.0
@@ -118,6 +123,9 @@ def _serve(args: argparse.Namespace) -> int:
         return gate.paid(PerCall(PRICE), reason="sentiment classification", receipt=True,
                          receipt_extra={"model": model.name})(fn)
 
+    def echo(text: str) -> dict:
+        return {"label": "neutral", "score": 0.0, "text_length": len(text)}
+
     def read_stats() -> dict:
         with stats_lock:
             return dict(stats)
@@ -126,7 +134,7 @@ def _serve(args: argparse.Namespace) -> int:
         text = gr.Textbox()
         escrow_box = gr.Textbox()
         result, receipt, info = gr.JSON(), gr.JSON(), gr.JSON()
-        for name, fn in (("direct", direct), ("batched", batched)):
+        for name, fn in (("direct", direct), ("batched", batched), ("echo", echo)):
             gr.Button().click(fn, [text], [result], api_name=f"ungated_{name}", concurrency_limit=32)
             gr.Button().click(paid(fn), [text, escrow_box], [result, receipt], api_name=f"gated_{name}",
                               concurrency_limit=32)
@@ -149,12 +157,14 @@ def _quiet_transformers() -> None:
 
 
 def _model_alone(model, size: int, seconds: float) -> float:
-    """Texts/s of model.predict_batch on batches of `size` (no server, no batcher), for `seconds`."""
-    texts = [TEXTS[i % len(TEXTS)] for i in range(size)]
-    model.predict_batch(texts)  # warm-up
+    """Texts/s of model.predict_batch on batches of `size` (no server, no batcher), for `seconds`.
+
+    Every size goes through TEXTS in the same order, so both see the same mix of lengths.
+    """
+    model.predict_batch(TEXTS[:size])  # warm-up
     done, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
-        model.predict_batch(texts)
+        model.predict_batch([TEXTS[(done + i) % len(TEXTS)] for i in range(size)])
         done += size
     return done / (time.perf_counter() - started)
 
@@ -209,7 +219,15 @@ def _stop_server(process: subprocess.Popen) -> None:
 # ---------------------------------------------------------------- the clients
 
 
-def _cell(clients: list, escrow_ids: list[str], endpoint: str, concurrency: int, seconds: float) -> dict:
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (all its threads), from /proc."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cell(clients: list, escrow_ids: list[str], endpoint: str, concurrency: int, seconds: float,
+          server_pid: int) -> dict:
     """`concurrency` closed-loop client threads on `endpoint` for `seconds`: requests/s and latency."""
     gated = endpoint.startswith("/gated")
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
@@ -217,7 +235,10 @@ def _cell(clients: list, escrow_ids: list[str], endpoint: str, concurrency: int,
     stop_at: list[float] = []
     start_at: list[float] = []
 
+    cpu_at: list[float] = []
+
     def go() -> None:  # run once, when every thread has warmed up, before any is released
+        cpu_at.extend((_cpu_seconds(server_pid), time.process_time()))
         start_at.append(time.perf_counter())
         stop_at.append(time.monotonic() + seconds)
 
@@ -251,8 +272,11 @@ def _cell(clients: list, escrow_ids: list[str], endpoint: str, concurrency: int,
     for thread in threads:
         thread.join(seconds + CALL_TIMEOUT_S)
     elapsed = time.perf_counter() - start_at[0]
+    server_cpu, client_cpu = _cpu_seconds(server_pid) - cpu_at[0], time.process_time() - cpu_at[1]
     done = [s for per_thread in latencies for s in per_thread]
     return {
+        "server_cpu_ms_per_req": server_cpu / len(done) * 1e3 if done else float("nan"),
+        "client_cpu_ms_per_req": client_cpu / len(done) * 1e3 if done else float("nan"),
         "requests": len(done),
         "req_per_s": len(done) / elapsed,
         "p50_ms": percentile(done, 50) * 1e3 if done else float("nan"),
@@ -278,37 +302,17 @@ def run(short: bool = False, *, settlement: str = "lease", seconds: float | None
             try:
                 for concurrency in CONCURRENCY:
                     measured = {}
-                    for batching in ("direct", "batched"):
+                    kinds = ("direct", "batched") + (("echo",) if concurrency in ECHO_CONCURRENCY else ())
+                    for kind in kinds:
                         before = clients[0].predict(api_name="/stats")
                         for gating in ("ungated", "gated"):
-                            measured[(batching, gating)] = _cell(
-                                clients, market.escrow_ids, f"/{gating}_{batching}", concurrency, seconds)
+                            measured[(kind, gating)] = _cell(clients, market.escrow_ids, f"/{gating}_{kind}",
+                                                             concurrency, seconds, process.pid)
                         after = clients[0].predict(api_name="/stats")
                         batches = after["batches"] - before["batches"]
-                        measured[(batching, "mean_batch")] = (after["items"] - before["items"]) / batches if batches else 0
-                    for batching in ("direct", "batched"):
-                        ungated, gated = measured[(batching, "ungated")], measured[(batching, "gated")]
-                        off_u, off_g = measured[("direct", "ungated")], measured[("direct", "gated")]
-                        rows.append({
-                            "benchmark": "space",
-                            "settlement": settlement,
-                            "concurrency": concurrency,
-                            "batching": "on" if batching == "batched" else "off",
-                            "mean_batch": round(measured[(batching, "mean_batch")], 2),
-                            "tokens_per_text": tokens,
-                            "model_alone_texts_per_s_batch1": facts["alone1"],
-                            f"model_alone_texts_per_s_batch{MAX_BATCH}": facts[f"alone{MAX_BATCH}"],
-                            "ungated_req_per_s": ungated["req_per_s"],
-                            "gated_req_per_s": gated["req_per_s"],
-                            "ungated_p50_ms": ungated["p50_ms"],
-                            "gated_p50_ms": gated["p50_ms"],
-                            "gated_over_ungated": gated["req_per_s"] / ungated["req_per_s"] if ungated["req_per_s"] else None,
-                            "ungated_on_over_off": ungated["req_per_s"] / off_u["req_per_s"] if off_u["req_per_s"] else None,
-                            "gated_on_over_off": gated["req_per_s"] / off_g["req_per_s"] if off_g["req_per_s"] else None,
-                            "requests": ungated["requests"] + gated["requests"],
-                            "errors": ungated["errors"] + gated["errors"],
-                            "first_error": ungated["first_error"] or gated["first_error"],
-                        })
+                        measured[(kind, "mean_batch")] = (after["items"] - before["items"]) / batches if batches else None
+                    for kind in kinds:
+                        rows.append(_row(measured, kind, concurrency, settlement, facts))
             finally:
                 for client in clients:
                     client.close()
@@ -317,19 +321,56 @@ def run(short: bool = False, *, settlement: str = "lease", seconds: float | None
     return rows
 
 
+def _ratio(a: float, b: float) -> float | None:
+    return a / b if b else None
+
+
+def _row(measured: dict, kind: str, concurrency: int, settlement: str, facts: dict) -> dict:
+    ungated, gated = measured[(kind, "ungated")], measured[(kind, "gated")]
+    off_u, off_g = measured[("direct", "ungated")], measured[("direct", "gated")]
+    batched = kind == "batched"
+    return {
+        "benchmark": "space",
+        "settlement": settlement,
+        "concurrency": concurrency,
+        "endpoint": {"direct": "model, batching off", "batched": "model, batching on", "echo": "no model (echo)"}[kind],
+        "mean_batch": measured[(kind, "mean_batch")],
+        "tokens_per_text": facts["tokens"],
+        "model_alone_texts_per_s_batch1": facts["alone1"],
+        f"model_alone_texts_per_s_batch{MAX_BATCH}": facts[f"alone{MAX_BATCH}"],
+        "ungated_req_per_s": ungated["req_per_s"],
+        "gated_req_per_s": gated["req_per_s"],
+        "ungated_p50_ms": ungated["p50_ms"],
+        "gated_p50_ms": gated["p50_ms"],
+        "gated_over_ungated": _ratio(gated["req_per_s"], ungated["req_per_s"]),
+        "ungated_on_over_off": _ratio(ungated["req_per_s"], off_u["req_per_s"]) if batched else None,
+        "gated_on_over_off": _ratio(gated["req_per_s"], off_g["req_per_s"]) if batched else None,
+        "server_cpu_ms_per_req": (ungated["server_cpu_ms_per_req"], gated["server_cpu_ms_per_req"]),
+        "client_cpu_ms_per_req": (ungated["client_cpu_ms_per_req"], gated["client_cpu_ms_per_req"]),
+        "requests": ungated["requests"] + gated["requests"],
+        "errors": ungated["errors"] + gated["errors"],
+        "first_error": ungated["first_error"] or gated["first_error"],
+    }
+
+
 def format_table(rows: list[dict]) -> str:
-    head = (f"{'conc':>4}  {'batching':<8} {'mean batch':>10}  {'ungated req/s':>13}  {'gated req/s':>11}  "
-            f"{'gated/ungated':>13}  {'ungated p50 ms':>14}  {'gated p50 ms':>12}  {'on/off ungated':>14}  "
-            f"{'on/off gated':>12}  {'errors':>6}")
+    def x(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}x"
+
+    head = (f"{'conc':>4}  {'endpoint':<20} {'batch':>5}  {'ungated req/s':>13}  {'gated req/s':>11}  "
+            f"{'gated/ungated':>13}  {'p50 ms u/g':>13}  {'on/off ungated':>14}  {'on/off gated':>12}  "
+            f"{'server CPU ms/req u/g':>21}  {'client CPU ms/req u/g':>21}  {'errors':>6}")
     lines = [head]
     for row in rows:
-        on = row["batching"] == "on"
-        on_u = f"{row['ungated_on_over_off']:.2f}x" if on else "-"
-        on_g = f"{row['gated_on_over_off']:.2f}x" if on else "-"
+        batch = "-" if row["mean_batch"] is None else f"{row['mean_batch']:.1f}"
+        p50 = f"{row['ungated_p50_ms']:.0f}/{row['gated_p50_ms']:.0f}"
+        server = "{:.0f}/{:.0f}".format(*row["server_cpu_ms_per_req"])
+        client = "{:.0f}/{:.0f}".format(*row["client_cpu_ms_per_req"])
         lines.append(
-            f"{row['concurrency']:>4}  {row['batching']:<8} {row['mean_batch']:>10.2f}  {row['ungated_req_per_s']:>13.1f}  "
-            f"{row['gated_req_per_s']:>11.1f}  {row['gated_over_ungated']:>12.2f}x  {row['ungated_p50_ms']:>14.1f}  "
-            f"{row['gated_p50_ms']:>12.1f}  {on_u:>14}  {on_g:>12}  {row['errors']:>6}"
+            f"{row['concurrency']:>4}  {row['endpoint']:<20} {batch:>5}  {row['ungated_req_per_s']:>13.1f}  "
+            f"{row['gated_req_per_s']:>11.1f}  {x(row['gated_over_ungated']):>13}  {p50:>13}  "
+            f"{x(row['ungated_on_over_off']):>14}  {x(row['gated_on_over_off']):>12}  {server:>21}  {client:>21}  "
+            f"{row['errors']:>6}"
         )
     errors = [row["first_error"] for row in rows if row["first_error"]]
     if errors:
