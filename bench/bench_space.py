@@ -75,6 +75,7 @@ def build_roberta_base_shape(folder: Path) -> Path:
 
     from tests.support.tiny_model import build_tiny_model
 
+    _quiet_transformers()
     build_tiny_model(folder)  # tokenizer files + a tiny checkpoint, replaced below
     tiny = RobertaConfig.from_pretrained(folder)
     config = RobertaConfig(
@@ -83,7 +84,6 @@ def build_roberta_base_shape(folder: Path) -> Path:
         id2label=tiny.id2label, label2id=tiny.label2id, **ROBERTA_BASE,
     )
     torch.manual_seed(0)
-    _quiet_transformers()
     RobertaForSequenceClassification(config).save_pretrained(folder)
     return folder
 
