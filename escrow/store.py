@@ -311,9 +311,9 @@ class Store:
     # ------------------------------------------------------------------ expiry
 
     def _close_open_holds(self, tx: _Tx, escrow: dict, status: str, only_due: bool) -> int:
-        """Return open holds' outstanding amounts to remaining; returns the micro-USDC released."""
-        if escrow["held_micro"] == 0 and only_due:
-            return 0
+        """Close open holds, returning what they still hold (see _return_held); returns the micro-USDC freed."""
+        if escrow["held_micro"] == 0 and only_due and escrow["status"] == "active":
+            return 0  # the hot path's shortcut (a released escrow's fully captured holds must still close)
         sql = "SELECT id, amount_micro, captured_micro FROM holds WHERE escrow_id = ? AND status = 'open'"
         args: tuple = (escrow["id"],)
         if only_due:
@@ -322,18 +322,34 @@ class Store:
         released = 0
         for hold in tx.all(sql, args):
             outstanding = hold["amount_micro"] - hold["captured_micro"]
-            self._move(tx, "hold_" + status, _held_account(escrow["id"]), _remaining_account(escrow["id"]),
-                       outstanding, escrow["id"], hold["id"])
+            self._return_held(tx, escrow, hold["id"], outstanding, "hold_" + status)
             tx.run("UPDATE holds SET status = ?, closed_at = ? WHERE id = ?", (status, tx.now, hold["id"]))
             released += outstanding
         if released:
-            escrow["held_micro"] -= released
-            escrow["remaining_micro"] += released
-            tx.run(
-                "UPDATE escrows SET held_micro = ?, remaining_micro = ? WHERE id = ?",
-                (escrow["held_micro"], escrow["remaining_micro"], escrow["id"]),
-            )
+            self._write_escrow_parts(tx, escrow)
         return released
+
+    def _return_held(self, tx: _Tx, escrow: dict, hold_id: str, micro: int, kind: str) -> None:
+        """What a closing hold did not capture: back to `remaining` on an active escrow; on a released escrow
+        (its holds outlive the release) to the buyer as a refund. Updates `escrow` in memory only."""
+        escrow_id = escrow["id"]
+        if escrow["status"] == "active":
+            self._move(tx, kind, _held_account(escrow_id), _remaining_account(escrow_id), micro, escrow_id, hold_id)
+            escrow["remaining_micro"] += micro
+        elif escrow["status"] == "released":
+            self._move(tx, "refund", _held_account(escrow_id), _agent_account(escrow["buyer_id"]), micro, escrow_id,
+                       hold_id)
+            escrow["refunded_micro"] += micro
+        else:  # expired/refunded escrows close their holds as they close
+            raise AssertionError(f"an open hold on a {escrow['status']} escrow")
+        escrow["held_micro"] -= micro
+
+    @staticmethod
+    def _write_escrow_parts(tx: _Tx, escrow: dict) -> None:
+        tx.run(
+            "UPDATE escrows SET held_micro = ?, remaining_micro = ?, refunded_micro = ? WHERE id = ?",
+            (escrow["held_micro"], escrow["remaining_micro"], escrow["refunded_micro"], escrow["id"]),
+        )
 
     def _refund_and_close(self, tx: _Tx, escrow: dict, status: str) -> int:
         """Refund what remains to the buyer and close the escrow with `status`; returns the refund."""
@@ -352,6 +368,10 @@ class Store:
 
     def _apply_expiry(self, tx: _Tx, escrow: dict) -> dict:
         """Lazily apply what time has already decided: expired holds, an expired escrow."""
+        if escrow["status"] == "released":
+            # Holds that outlived the release (their TTL never passes the escrow's expiry): refund their rest.
+            self._close_open_holds(tx, escrow, "expired", only_due=True)
+            return escrow
         if escrow["status"] != "active":
             return escrow
         if tx.now >= escrow["expires_at"]:
@@ -494,8 +514,10 @@ class Store:
 
         def op(tx: _Tx, agent_id: str | None) -> tuple[int, Any]:
             for escrow in tx.all(
-                "SELECT * FROM escrows WHERE status = 'active' AND expires_at <= ? AND (buyer_id = ? OR seller_id = ?)",
-                (tx.now, agent_id, agent_id),
+                "SELECT * FROM escrows WHERE (buyer_id = ? OR seller_id = ?) AND"
+                " ((status = 'active' AND expires_at <= ?) OR (status = 'released' AND EXISTS (SELECT 1 FROM holds"
+                " WHERE holds.escrow_id = escrows.id AND holds.status = 'open' AND holds.expires_at <= ?)))",
+                (agent_id, agent_id, tx.now, tx.now),
             ):
                 self._apply_expiry(tx, escrow)
             agent = tx.one("SELECT balance_micro, referral_code FROM agents WHERE id = ?", (agent_id,))
@@ -597,10 +619,12 @@ class Store:
 
         def op(tx: _Tx, agent_id: str | None) -> tuple[int, Any]:
             escrow = self._load_escrow(tx, escrow_id, agent_id, "seller")
-            self._require_active(escrow)
-            if not HOLD_ID.fullmatch(hold_id):
-                raise not_found("No such hold.")
-            hold = tx.one("SELECT * FROM holds WHERE id = ? AND escrow_id = ?", (hold_id, escrow_id))
+            hold = None
+            if HOLD_ID.fullmatch(hold_id):
+                hold = tx.one("SELECT * FROM holds WHERE id = ? AND escrow_id = ?", (hold_id, escrow_id))
+            if not (escrow["status"] == "released" and hold is not None and hold["status"] == "open"):
+                # A release leaves open holds capturable until they close; everything else on a closed escrow is 410.
+                self._require_active(escrow)
             if hold is None:
                 raise not_found("No such hold.")
             if hold["status"] != "open":
@@ -613,24 +637,23 @@ class Store:
                 _, fee = self._settle(tx, escrow, amount_micro, _held_account(escrow_id), "capture", hold_id)
             captured = hold["captured_micro"] + amount_micro
             still_held = outstanding - amount_micro
-            held_total = escrow["held_micro"] - amount_micro
-            remaining = escrow["remaining_micro"]
+            escrow["spent_micro"] += amount_micro
+            escrow["held_micro"] -= amount_micro
             status = "open"
             if final:
-                self._move(tx, "hold_release", _held_account(escrow_id), _remaining_account(escrow_id), still_held,
-                           escrow_id, hold_id)
-                held_total -= still_held
-                remaining += still_held
+                self._return_held(tx, escrow, hold_id, still_held, "hold_release")
                 still_held = 0
                 status = "closed"
+            remaining = escrow["remaining_micro"]
             tx.run(
                 "UPDATE holds SET captured_micro = ?, status = ?, closed_at = ? WHERE id = ?",
                 (captured, "open" if not final else ("captured" if captured else "voided"),
                  tx.now if final else None, hold_id),
             )
             tx.run(
-                "UPDATE escrows SET spent_micro = spent_micro + ?, held_micro = ?, remaining_micro = ? WHERE id = ?",
-                (amount_micro, held_total, remaining, escrow_id),
+                "UPDATE escrows SET spent_micro = ?, held_micro = ?, remaining_micro = ?, refunded_micro = ?"
+                " WHERE id = ?",
+                (escrow["spent_micro"], escrow["held_micro"], remaining, escrow["refunded_micro"], escrow_id),
             )
             return 200, {
                 "hold_id": hold_id,
@@ -683,11 +706,10 @@ class Store:
         def op(tx: _Tx, agent_id: str | None) -> tuple[int, Any]:
             escrow = self._load_escrow(tx, escrow_id, agent_id, "buyer")
             self._require_active(escrow)
-            available = escrow["remaining_micro"] + (escrow["held_micro"] if refund_remainder else 0)
-            if amount_micro > available:
+            # Open holds are the seller's (like card authorisations): a release never voids them, with or
+            # without refund_remainder. They stay capturable; what they do not capture is refunded later.
+            if amount_micro > escrow["remaining_micro"]:
                 raise ApiError(409, "insufficient_funds", "The escrow's remaining amount is below the release.")
-            if refund_remainder:
-                self._close_open_holds(tx, escrow, "voided", only_due=False)
             fee = 0
             if amount_micro:
                 _, fee = self._settle(tx, escrow, amount_micro, _remaining_account(escrow_id), "release",
@@ -858,10 +880,17 @@ class Store:
                         problems.append(f"escrow {eid}: remaining {e['remaining_micro']} != journal")
                     if journal.get(_held_account(eid), 0) != e["held_micro"]:
                         problems.append(f"escrow {eid}: held {e['held_micro']} != journal")
-                    if e["status"] != "active" and (e["held_micro"] or e["remaining_micro"]):
-                        problems.append(f"escrow {eid} is {e['status']} but still holds money")
+                    if e["status"] != "active" and e["remaining_micro"]:
+                        problems.append(f"escrow {eid} is {e['status']} but still has money remaining")
+                    if e["status"] not in ("active", "released") and e["held_micro"]:
+                        problems.append(f"escrow {eid} is {e['status']} but still has money held")
                     if e["status"] not in ("active", "released", "refunded", "expired"):
                         problems.append(f"escrow {eid} has unknown status {e['status']}")
+                for h in tx.all(
+                    "SELECT holds.id, escrows.status FROM holds JOIN escrows ON escrows.id = holds.escrow_id"
+                    " WHERE holds.status = 'open' AND escrows.status NOT IN ('active', 'released')"
+                ):
+                    problems.append(f"hold {h['id']} is open on a {h['status']} escrow")
                 for h in tx.all("SELECT * FROM holds WHERE captured_micro < 0 OR captured_micro > amount_micro"):
                     problems.append(f"hold {h['id']} captured {h['captured_micro']} outside 0..{h['amount_micro']}")
             finally:

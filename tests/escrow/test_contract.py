@@ -412,27 +412,43 @@ def test_release_without_refund_settles_and_stays_active(escrow_server):
     assert captured.status_code == 200
 
 
-def test_release_with_refund_remainder_voids_holds_settles_refunds_and_closes(escrow_server):
+def test_release_with_refund_remainder_settles_refunds_and_closes_leaving_holds_to_the_seller(escrow_server):
+    # Deliberate deviation from the contract (escrow/README.md): the release does not void open holds.
     buyer, seller, escrow = funded_escrow(escrow_server, amount="1")
     eid = escrow["id"]
-    hid = body(escrow_server.call(seller, "POST", f"/escrow/{eid}/holds", json={"amount_usdc": "0.9"}))["hold_id"]
+    hid = body(escrow_server.call(seller, "POST", f"/escrow/{eid}/holds", json={"amount_usdc": "0.4"}))["hold_id"]
+    # only what remains can be released: the held 0.4 is the seller's to capture
+    assert_error(escrow_server.call(buyer, "POST", f"/escrow/{eid}/release",
+                                    json={"amount_usdc": "0.600001", "refund_remainder": True}), 409,
+                 "insufficient_funds")
     response = escrow_server.call(buyer, "POST", f"/escrow/{eid}/release",
                                   json={"amount_usdc": "0.5", "refund_remainder": True, "meta": {"why": "done"}})
     released = body(response)
     assert (released["status"], released["spent_usdc"], released["held_usdc"], released["remaining_usdc"],
             released["refunded_usdc"], released["payout_usdc"], released["fee_usdc"]) == (
-        "released", Decimal("0.5"), 0, 0, Decimal("0.5"), Decimal("0.5"), Decimal("0.005"))
-    assert balance(escrow_server, buyer) == Decimal("9.5")
+        "released", Decimal("0.5"), Decimal("0.4"), 0, Decimal("0.1"), Decimal("0.5"), Decimal("0.005"))
+    assert balance(escrow_server, buyer) == Decimal("9.1")
     assert balance(escrow_server, seller) == Decimal("0.495")
     for path, payload in [
         (f"/escrow/{eid}/release", {"amount_usdc": 0, "refund_remainder": True}),
+        (f"/escrow/{eid}/release", {"amount_usdc": "0.1"}),
         (f"/escrow/{eid}/deduct", {"amount_usdc": "0.1"}),
         (f"/escrow/{eid}/holds", {"amount_usdc": "0.1"}),
-        (f"/escrow/{eid}/holds/{hid}/capture", {"amount_usdc": "0.1"}),
+        (f"/escrow/{eid}/holds/hold_{'0' * 24}/capture", {"amount_usdc": "0.1"}),
     ]:
         agent = buyer if "release" in path else seller
         assert_error(escrow_server.call(agent, "POST", path, json=payload), 410, "escrow_closed")
     assert body(escrow_server.call(buyer, "GET", "/me"))["escrows_open"] == 0
+    escrow_server.store.check_invariants()
+    # the open hold is voided by its seller: all of it goes back to the buyer, and then it is closed like the escrow
+    voided = body(escrow_server.call(seller, "POST", f"/escrow/{eid}/holds/{hid}/void"))
+    assert (voided["status"], voided["held_usdc"], voided["remaining_usdc"]) == ("closed", 0, 0)
+    assert balance(escrow_server, buyer) == Decimal("9.5")
+    assert_error(escrow_server.call(seller, "POST", f"/escrow/{eid}/holds/{hid}/capture",
+                                    json={"amount_usdc": "0.1"}), 410, "escrow_closed")
+    final = escrow_server.get_escrow(buyer, eid)
+    assert (final["status"], final["spent_usdc"], final["held_usdc"], final["refunded_usdc"]) == (
+        "released", Decimal("0.5"), 0, Decimal("0.5"))
     escrow_server.store.check_invariants()
 
 

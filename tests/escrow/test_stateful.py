@@ -91,11 +91,18 @@ class EscrowMachine(RuleBasedStateMachine):
             self.balances[self.referrer.agent_id] += referral
         escrow.spent += gross
 
+    def return_held(self, escrow: ModelEscrow, amount: int) -> None:
+        """A closing hold's rest: back to remaining, or to the buyer once the escrow was released."""
+        escrow.held -= amount
+        if escrow.status == "released":
+            escrow.refunded += amount
+            self.balances[escrow.buyer] += amount
+
     def close_holds(self, escrow: ModelEscrow, only_due: bool) -> None:
         for hold in escrow.holds.values():
             if hold.open and (not only_due or self.now() >= hold.expires_at):
                 hold.open = False
-                escrow.held -= hold.amount - hold.captured
+                self.return_held(escrow, hold.amount - hold.captured)
 
     def refund_and_close(self, escrow: ModelEscrow, status: str) -> None:
         refund = escrow.remaining
@@ -105,6 +112,8 @@ class EscrowMachine(RuleBasedStateMachine):
 
     def expire_due(self) -> None:
         for escrow in self.model.values():
+            if escrow.status == "released":  # holds outlive a release until they expire (never past the escrow)
+                self.close_holds(escrow, only_due=True)
             if escrow.status != "active":
                 continue
             if self.now() >= escrow.expires_at:
@@ -113,11 +122,14 @@ class EscrowMachine(RuleBasedStateMachine):
             else:
                 self.close_holds(escrow, only_due=True)
 
-    def party_refusal(self, caller: Agent, escrow: ModelEscrow, role: str) -> tuple[int, str] | None:
+    def party_refusal(self, caller: Agent, escrow: ModelEscrow, role: str,
+                      hold: ModelHold | None = None) -> tuple[int, str] | None:
         if caller.agent_id not in (escrow.buyer, escrow.seller):
             return 404, "not_found"
         if getattr(escrow, role) != caller.agent_id:
             return 403, "forbidden"
+        if escrow.status == "released" and hold is not None and hold.open:
+            return None  # a release leaves open holds capturable
         if escrow.status != "active":
             return 410, "escrow_closed"
         return None
@@ -188,7 +200,7 @@ class EscrowMachine(RuleBasedStateMachine):
         seller = self.agents[escrow.seller]
         response = self.post(seller, f"/escrow/{escrow_id}/holds/{hold_id}/capture",
                              {"amount_usdc": micro_text(amount), "final": final})
-        refusal = self.party_refusal(seller, escrow, "seller")
+        refusal = self.party_refusal(seller, escrow, "seller", hold)
         if refusal is None and not hold.open:
             refusal = (409, "hold_closed")
         if refusal is None and amount > hold.amount - hold.captured:
@@ -201,7 +213,7 @@ class EscrowMachine(RuleBasedStateMachine):
         hold.captured += amount
         escrow.held -= amount
         if final:
-            escrow.held -= hold.amount - hold.captured
+            self.return_held(escrow, hold.amount - hold.captured)
             hold.open = False
 
     @rule(hold_id=holds)
@@ -212,14 +224,14 @@ class EscrowMachine(RuleBasedStateMachine):
         escrow = self.model[escrow_id]
         hold = escrow.holds[hold_id]
         response = self.post(self.agents[escrow.seller], f"/escrow/{escrow_id}/holds/{hold_id}/void", {})
-        refusal = self.party_refusal(self.agents[escrow.seller], escrow, "seller")
+        refusal = self.party_refusal(self.agents[escrow.seller], escrow, "seller", hold)
         if refusal is None and not hold.open:
             refusal = (409, "hold_closed")
         if refusal:
             self.expect(response, *refusal)
             return
         self.expect(response, 200)
-        escrow.held -= hold.amount - hold.captured
+        self.return_held(escrow, hold.amount - hold.captured)
         hold.open = False
 
     @rule(escrow_id=escrows, amount=st.integers(1, 10_000_000), caller=st.sampled_from(["seller", "buyer", "stranger"]))
@@ -252,15 +264,12 @@ class EscrowMachine(RuleBasedStateMachine):
         response = self.post(buyer, f"/escrow/{escrow_id}/release",
                              {"amount_usdc": micro_text(amount), "refund_remainder": refund_remainder})
         refusal = self.party_refusal(buyer, escrow, "buyer")
-        available = escrow.remaining + (escrow.held if refund_remainder else 0)
-        if refusal is None and amount > available:
+        if refusal is None and amount > escrow.remaining:  # open holds are the seller's, never released
             refusal = (409, "insufficient_funds")
         if refusal:
             self.expect(response, *refusal)
             return
         self.expect(response, 200)
-        if refund_remainder:
-            self.close_holds(escrow, only_due=False)
         self.settle(escrow, amount)
         if refund_remainder:
             self.refund_and_close(escrow, "released")
