@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gate import EscrowExpired, FunctionFailed, GateError, InsufficientFunds, Lease, PerCall
+from gate import EscrowClosed, EscrowExpired, FunctionFailed, GateError, InsufficientFunds, Lease, PerCall
 
 PRICE = PerCall("0.001")
 ROOT = Path(__file__).resolve().parents[2]
@@ -179,6 +179,37 @@ def test_escrow_expiring_under_an_open_lease(market):
     assert balance["spent_usdc"] == 0 and balance["held_usdc"] == 0  # nothing was captured in time
     assert balance["refunded_usdc"] == Decimal("0.100")
     assert all(v >= 0 for k, v in balance.items() if k != "status")
+    market.server.store.check_invariants()
+
+
+@pytest.mark.parametrize("capture_interval_s", [3600, 0.05])
+def test_buyer_releasing_under_an_open_lease_pays_for_every_result(market, caplog, capture_interval_s):
+    # The buyer releases with refund_remainder while calls served from the lease are not yet captured.
+    # The release leaves the lease's hold open (escrow/README.md): every result handed out is still captured,
+    # what the hold did not capture goes back to the buyer, and no charge is lost.
+    gate = market.gate(settlement=Lease(capture_interval_s=capture_interval_s, idle_s=3600))
+    echo = echo_on(gate)
+    escrow_id = market.escrow("0.100")
+    results = [echo(str(i), escrow_id) for i in range(10)]
+    released = market.server.call(market.buyer, "POST", f"/escrow/{escrow_id}/release",
+                                  json={"amount_usdc": 0, "refund_remainder": True})
+    assert released.status_code == 200, released.text
+    assert released.json()["status"] == "released"
+    assert Decimal(str(released.json()["held_usdc"])) >= Decimal("0.040")  # the lease's hold (less what was captured)
+    with caplog.at_level(logging.WARNING, logger="gate"):
+        results += [echo(f"after {i}", escrow_id) for i in range(5)]  # the buyer's hold still covers these
+        gate._settlement.flush(close_all=True)  # the final capture on the released escrow's hold
+        with pytest.raises(EscrowClosed, match="not charged") as refused:
+            echo("late", escrow_id)  # a new lease needs a new hold: the escrow takes none
+        assert "released" in refused.value.message
+    assert not [r for r in caplog.records if "lost" in r.getMessage()]
+    assert all(receipt["charged_usdc"] == "0.001000" for _, receipt in results)
+    assert gate._settlement.journal.totals()["lost"] == 0
+    balance = market.balance(escrow_id)
+    assert balance["status"] == "released" and balance["held_usdc"] == 0 and balance["remaining_usdc"] == 0
+    assert balance["spent_usdc"] == len(results) * Decimal("0.001")
+    assert balance["refunded_usdc"] == balance["amount_usdc"] - balance["spent_usdc"]
+    gate.close()
     market.server.store.check_invariants()
 
 
