@@ -220,9 +220,10 @@ class PerCallSettlement(Settlement):
         try:
             body = self._client.void(r.escrow_id, r.hold_id, key=new_idempotency_key(), retries=self._settle_retries)
         except EscrowApiError as exc:
-            if exc.code == "hold_closed":
-                # Closed already: either our capture went through, or the hold expired.
-                # Replaying the capture with its own key tells which.
+            if exc.code in ("hold_closed", "escrow_closed"):
+                # Closed already: either our capture went through, or the hold expired (or its escrow did;
+                # a released escrow answers 410 for a hold closed by our capture). Replaying the capture
+                # with its own key tells which.
                 try:
                     body = self._client.capture(
                         r.escrow_id, r.hold_id, amount, key=r.capture_key, final=True, retries=1
@@ -231,7 +232,7 @@ class PerCallSettlement(Settlement):
                     pass
                 else:
                     return self._receipt(r, body, amount, "captured_usdc")
-                if self._captured_for_sure(r):
+                if exc.code == "hold_closed" and self._captured_for_sure(r):
                     # Only this gate touches its hold and it never voided it; an expired escrow
                     # answers 410, not hold_closed; the hold's TTL has not run out: so the hold
                     # closed because our capture went through. The buyer paid: hand the result out.

@@ -236,6 +236,40 @@ def test_closed_escrow_is_refused(market):
     assert market.server.request_log == []  # now known closed
 
 
+def test_capture_answer_lost_while_the_buyer_releases_is_still_confirmed(market):
+    # Per-call: the final capture goes through, its answer is lost, and meanwhile the buyer released the escrow.
+    # The void that asks "did it go through?" is then answered 410 (closed hold on a closed escrow): the gate
+    # replays the capture with its own key, which the service answers from its idempotency record.
+    gate = market.gate(settlement="per_call")
+    escrow_id = market.escrow("0.010")
+    client = gate._settlement._client
+    real_capture = client.capture
+
+    def capture_then_lose_the_answer(*args, **kwargs):
+        body = real_capture(*args, **kwargs)
+        if capture_then_lose_the_answer.first:
+            capture_then_lose_the_answer.first = False
+            released = market.server.call(market.buyer, "POST", f"/escrow/{escrow_id}/release",
+                                          json={"amount_usdc": 0, "refund_remainder": True})
+            assert released.status_code == 200, released.text
+            raise ServiceUnavailable("answer lost")
+        return body
+
+    capture_then_lose_the_answer.first = True
+    client.capture = capture_then_lose_the_answer
+
+    @gate.paid(PRICE, reason="echo", receipt=True)
+    def echo(text: str) -> str:
+        return text
+
+    result, receipt = echo("x", escrow_id)  # the buyer paid for it: the result is handed out
+    assert result == "x" and receipt["charged_usdc"] == "0.001000"
+    balance = market.balance(escrow_id)
+    assert balance["status"] == "released" and balance["spent_usdc"] == Decimal("0.001")
+    assert balance["refunded_usdc"] == Decimal("0.009") and balance["held_usdc"] == 0
+    market.server.store.check_invariants()
+
+
 @pytest.mark.parametrize("escrow_id", HOSTILE_IDS[:8])
 def test_hostile_ids_never_reach_the_service(market, escrow_id):
     gate = market.gate()
