@@ -10,7 +10,7 @@ from gate import EscrowGate
 from tests.support.audit import Audit, Ledger
 from tests.support.fault_proxy import FaultProxy
 
-pytest_plugins = ["tests.support.space"]
+from tests.support.space import sandbox_space, tiny_model_dir  # noqa: F401,E402 - fixtures
 
 
 class Books:
