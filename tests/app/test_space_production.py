@@ -60,35 +60,29 @@ def test_calls_are_charged_on_the_configured_service(production_space):
     assert seller.api_key not in server.log()
 
 
-def test_unloadable_model_stops_production_with_one_sentence(tmp_path, hosted):
-    server = space_process(
-        tmp_path, PF_API_KEY="pf_test_" + "x" * 32, ESCROW_URL=hosted.base_url + "/api", MODEL_ID=str(tmp_path / "no-such-model")
-    )
+def _refused_start(tmp_path, hosted, api_key: str, model_id: str) -> tuple[int, str]:
+    """Start a production Space that must refuse to start; its exit code and output."""
+    server = space_process(tmp_path, PF_API_KEY=api_key, ESCROW_URL=hosted.base_url + "/api", MODEL_ID=model_id)
     try:
         server.start(timeout_s=90)
     except RuntimeError:
         pass
-    else:  # pragma: no cover - the test fails below
+    else:  # pragma: no cover - the caller's assertions fail
         server.stop()
-    output = server.log()
-    assert server.process.wait(30) != 0
+    return server.process.wait(30), server.log()
+
+
+def test_unloadable_model_stops_production_with_one_sentence(tmp_path, hosted):
+    code, output = _refused_start(tmp_path, hosted, "pf_test_" + "x" * 32, str(tmp_path / "no-such-model"))
+    assert code != 0
     assert "Traceback" not in output
     assert "Cannot start the Space:" in output
     assert "MODEL_ID" in output
 
 
 def test_a_key_the_escrow_service_rejects_stops_the_space_with_one_sentence(tmp_path, hosted):
-    server = space_process(
-        tmp_path, PF_API_KEY="pf_test_" + "y" * 32, ESCROW_URL=hosted.base_url + "/api", MODEL_ID="vader"
-    )
-    try:
-        server.start(timeout_s=90)
-    except RuntimeError:
-        pass
-    else:  # pragma: no cover - the test fails below
-        server.stop()
-    output = server.log()
-    assert server.process.wait(30) == 1
+    code, output = _refused_start(tmp_path, hosted, "pf_test_" + "y" * 32, "vader")
+    assert code == 1
     assert "Traceback" not in output
     assert "Cannot start the Space:" in output and "PF_API_KEY" in output
     assert "y" * 32 not in output
