@@ -146,9 +146,14 @@ class Audit:
     def refused(self, message: str) -> None:
         self.outcomes.refused(message)
 
-    def reconcile(self, *, holds_closed: bool = True, uncertain: int = 0) -> dict:
+    def reconcile(self, *, holds_closed: bool = True, uncertain: int = 0,
+                  undelivered_micro: dict[str, int] | None = None, lost_micro: dict[str, int] | None = None) -> dict:
         """Check the books; returns a summary. ``uncertain``: calls whose outcome the gate could not
-        know (it said so); each may account for at most one settlement without a receipt."""
+        know (it said so); each may account for at most one settlement without a receipt.
+        Per escrow, amounts the test has established and bounded itself (a Space crash):
+        ``undelivered_micro``, charges captured whose result never reached the caller; ``lost_micro``,
+        charges on receipts never captured (their hold expired first: the seller's loss). The ledger's
+        ``spent`` must then be exactly receipts + undelivered - lost."""
         problems: list[str] = []
         out = self.outcomes
         if out.unpaid_results:
@@ -174,10 +179,12 @@ class Audit:
         for escrow in escrows:
             eid = escrow["id"]
             spent_total += escrow["spent_micro"]
-            if escrow["spent_micro"] != by_escrow.get(eid, 0):
+            expected = by_escrow.get(eid, 0) + (undelivered_micro or {}).get(eid, 0)
+            expected -= (lost_micro or {}).get(eid, 0)
+            if escrow["spent_micro"] != expected:
                 problems.append(
                     f"escrow {eid}: spent {escrow['spent_micro']} µUSDC on the ledger but receipts say "
-                    f"{by_escrow.get(eid, 0)}"
+                    f"{by_escrow.get(eid, 0)} (expected {expected} with undelivered and lost charges)"
                 )
             parts = (escrow["spent_micro"], escrow["held_micro"], escrow["remaining_micro"], escrow["refunded_micro"])
             if sum(parts) != escrow["amount_micro"] or min(parts) < 0:
