@@ -37,7 +37,7 @@ captured. Each step is journaled before it is sent, so a crash during replay
 is replayed again, still exactly once. One journal file per process: do not
 share it between replicas running at the same time.
 
-Exposure (what a crash can cost the seller; the buyer can never lose):
+Exposure (what a crash can cost the seller, then the buyer):
 - without a journal path (the default) the journal is in memory: a crash loses
   the charges not yet captured, at most one lease per escrow (its size) plus
   what a failed capture left pending; the holds expire back to the buyer.
@@ -45,8 +45,12 @@ Exposure (what a crash can cost the seller; the buyer can never lose):
   closed) before the restart replayed them; a restart within the hold TTL loses
   nothing. ``synchronous='NORMAL'`` (default) survives a process crash but not a
   power loss; ``'FULL'`` survives both and costs an fsync per charge.
-Either way the buyer is never charged more than the calls that returned a
-result: every capture is exactly the sum of journaled charges.
+Either way every capture is exactly the sum of journaled charges, and a charge
+is journaled only for a call whose result is ready (a failed call is never
+charged). The charge is journaled before the result is sent, so a crash between
+the two leaves a charge for a result that never reached its caller, captured on
+replay like any other: at most one per call in flight at the crash
+(``tests/reliability/test_space_crash.py``).
 
 Receipts: ``settlement = "lease"``, ``charge_id = "chg_…"`` (the journal maps it
 to its hold). ``remaining_usdc`` is the escrow's remaining as seen by this
