@@ -629,6 +629,8 @@ class Store:
                 raise not_found("No such hold.")
             if hold["status"] != "open":
                 raise ApiError(409, "hold_closed", f"This hold is already closed ({hold['status']}).")
+            if hold["expires_at"] <= tx.now:  # fully captured, so the lazy expiry skipped it (nothing held)
+                raise ApiError(409, "hold_closed", "This hold is already closed (expired).")
             outstanding = hold["amount_micro"] - hold["captured_micro"]
             if amount_micro > outstanding:
                 raise ApiError(409, "exceeds_hold", "The capture is larger than what the hold still holds.")
@@ -779,6 +781,13 @@ class Store:
             ):
                 self._apply_expiry(tx, escrow)
                 count += 1
+            # A fully captured hold holds nothing, so the escrow pass skips it on an active escrow with nothing
+            # held; close it here (no money moves) or every sweep would pick its escrow again until it expires.
+            tx.run(
+                "UPDATE holds SET status = 'expired', closed_at = ? WHERE status = 'open' AND expires_at <= ?"
+                " AND captured_micro = amount_micro",
+                (tx.now, tx.now),
+            )
             due_escrows = tx.all(
                 "SELECT DISTINCT escrow_id FROM holds WHERE status = 'open' AND expires_at <= ? LIMIT ?",
                 (tx.now, batch),

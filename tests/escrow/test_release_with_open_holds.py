@@ -198,3 +198,29 @@ def test_benchmark_payout_still_voids_the_sellers_holds(escrow_server):
     assert_error(escrow_server.call(seller, "POST", f"/escrow/{eid}/holds/{hold_id}/capture",
                                     json={"amount_usdc": "0.1"}), 410, "escrow_closed")
     escrow_server.store.check_invariants()
+
+
+def test_a_fully_captured_hold_on_an_active_escrow_expires_once_and_is_not_swept_again(tmp_path):
+    clock = FakeClock()
+    store = Store(tmp_path / "ledger.db", clock=clock)
+    try:
+        buyer, seller = store.register_agent("buyer"), store.register_agent("seller")
+        store.grant(buyer["agent_id"], 5_000_000)
+        eid = store.create_escrow(buyer["api_key"], seller_id=seller["agent_id"], amount_micro=2_000_000,
+                                  ttl_seconds=3600, description="", meta={}, release_condition=None).json()["id"]
+        hold_id = store.create_hold(seller["api_key"], eid, amount_micro=300_000, ttl_seconds=30).json()["hold_id"]
+        captured = store.capture(seller["api_key"], eid, hold_id, amount_micro=300_000, final=False)
+        assert captured.status == 200, captured.body  # fully captured, not final: nothing held, hold still open
+        clock.tick(30)
+        void = store.capture(seller["api_key"], eid, hold_id, amount_micro=0, final=True)
+        assert void.status == 409 and "expired" in void.body  # expired even before any sweep
+        before = store.totals()
+        store.sweep()
+        assert store.totals() == before  # closing it moves no money
+        with store._lock:
+            status = store._conn.execute("SELECT status FROM holds WHERE id = ?", (hold_id,)).fetchone()[0]
+        assert status == "expired"
+        assert store.sweep() == 0  # its escrow is not picked again
+        store.check_invariants()
+    finally:
+        store.close()
