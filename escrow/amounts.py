@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 from .errors import invalid_amount
 
@@ -30,16 +30,33 @@ def parse_amount(value: object, field: str = "amount_usdc", *, allow_zero: bool 
         raise invalid_amount(f"{field} must not be negative.")
     if value > MAX_AMOUNT_MICRO // MICRO_PER_USDC:  # compared before scaling: 1e999999 must not overflow
         raise invalid_amount(f"{field} is above 1,000,000,000 USDC.")
-    try:
-        micro = value.scaleb(6)
-        if micro != micro.to_integral_value():
-            raise invalid_amount(f"{field} has more than 6 decimal places.")
-    except InvalidOperation:
-        raise invalid_amount(f"{field} has more than 6 decimal places.") from None
-    micro_int = int(micro)
-    if micro_int == 0 and not allow_zero:
+    micro = _exact_micro(value)
+    if micro is None:
+        raise invalid_amount(f"{field} has more than 6 decimal places.")
+    if micro == 0 and not allow_zero:
         raise invalid_amount(f"{field} must be greater than zero.")
-    return micro_int
+    return micro
+
+
+def _exact_micro(value: Decimal) -> int | None:
+    """A finite value in 0..MAX as exact integer micro-units; None when a non-zero digit lies below 1e-6.
+
+    Pure digit arithmetic, no decimal context: Decimal arithmetic rounds to the context's 28 digits (so
+    1.0000000000000000000000000000001 would pass as 1) and underflows tiny exponents to 0 (so 1E-999999999
+    would pass as 0).
+    """
+    _, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int)  # finite
+    end = len(digits)
+    while end and digits[end - 1] == 0:  # trailing zeros of the coefficient say nothing: 1.500 == 1.5
+        end -= 1
+    if end == 0:
+        return 0
+    exponent += len(digits) - end
+    if exponent < -6:
+        return None
+    # value <= 1e9 and exponent >= -6: at most 16 significant digits, a small int.
+    return int("".join(map(str, digits[:end]))) * 10 ** (exponent + 6)
 
 
 def usdc(micro: int) -> Decimal:
