@@ -40,7 +40,29 @@ def parse_body(raw: bytes, *, empty_ok: bool = True) -> dict:
         raise invalid_request("The request body is not valid JSON (UTF-8, no duplicate keys).") from None
     if not isinstance(parsed, dict):
         raise invalid_request("The request body must be a JSON object.")
+    if _has_lone_surrogate(parsed):
+        # "\ud800" is valid JSON text but no Unicode string: SQLite (UTF-8) cannot store it (it was a 500).
+        raise invalid_request("The request body has a string with a lone surrogate escape (\\ud800-\\udfff).")
     return parsed
+
+
+def _has_lone_surrogate(value: object) -> bool:
+    """Whether any key or string in a parsed body holds an unpaired UTF-16 surrogate (iteratively: no depth limit)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def check_plain_json(value: object, field: str, depth: int = 0) -> None:

@@ -1,5 +1,7 @@
 """Hostile bodies that once got a wrong answer (found while writing the OpenAPI document for the schema fuzzer).
 
+- A JSON string with a lone surrogate escape ("\\ud800") is valid JSON text but no Unicode string: SQLite could
+  not store it, the request was a 500 and the server dropped the connection.
 - Amounts were scaled with Decimal arithmetic, which rounds to 28 digits and underflows tiny exponents: an amount
   with a non-zero digit past the 28th was rounded (1.0000000000000000000000000000001 passed as 1 USDC) and
   1E-999999999 passed as 0, where the contract says more than 6 decimal places is 422 invalid_amount.
@@ -15,7 +17,44 @@ from hypothesis import strategies as st
 
 from escrow.amounts import MAX_AMOUNT_MICRO, parse_amount
 from escrow.errors import ApiError
-from tests.escrow.helpers import assert_error, funded_escrow
+from tests.escrow.helpers import assert_error, body, funded_escrow
+
+
+def _routes(escrow_id: str, hold_id: str, seller_id: str) -> list[tuple[str, str, bytes]]:
+    """(who, path, body) for every route that reads strings, each with a lone surrogate somewhere."""
+    return [
+        ("nobody", "/agents", b'{"name": "\\ud800"}'),
+        ("buyer", "/faucet", b'{"amount_usdc": "1", "note": "\\udfff"}'),
+        ("buyer", "/escrow", b'{"seller_id": "%s", "amount_usdc": "1", "ttl_seconds": 60, "description": "a\\udc00b"}'
+         % seller_id.encode()),
+        ("buyer", "/escrow", b'{"seller_id": "%s", "amount_usdc": "1", "ttl_seconds": 60, "meta": {"\\ud83d": 1}}'
+         % seller_id.encode()),
+        ("seller", f"/escrow/{escrow_id}/holds", b'{"amount_usdc": "0.1", "x": ["\\ud800"]}'),
+        ("seller", f"/escrow/{escrow_id}/holds/{hold_id}/capture", b'{"amount_usdc": "0.1", "y": {"z": "\\ud800"}}'),
+        ("seller", f"/escrow/{escrow_id}/holds/{hold_id}/void", b'{"\\ud800": null}'),
+        ("seller", f"/escrow/{escrow_id}/deduct", b'{"amount_usdc": "0.1", "reason": "\\ud800"}'),
+        ("buyer", f"/escrow/{escrow_id}/release", b'{"amount_usdc": "0.1", "meta": {"k": "\\ude00"}}'),
+        ("seller", f"/escrow/{escrow_id}/submit-result", b'{"metric": "acc\\ud800", "score": 1}'),
+        ("seller", f"/escrow/{escrow_id}/submit-result", b'{"metric": "acc", "score": 1, "model_repo": "\\ud800"}'),
+    ]
+
+
+def test_lone_surrogates_in_bodies_are_invalid_request_and_apply_nothing(escrow_server):
+    buyer, seller, escrow = funded_escrow(escrow_server, amount="2", release_condition={
+        "type": "benchmark", "metric": "acc", "threshold": 0})
+    hold = body(escrow_server.call(seller, "POST", f"/escrow/{escrow['id']}/holds", json={"amount_usdc": "1"}))
+    agents = {"buyer": buyer, "seller": seller, "nobody": None}
+    before = escrow_server.store.totals(), escrow_server.get_escrow(buyer, escrow["id"])
+    for who, path, payload in _routes(escrow["id"], hold["hold_id"], seller.agent_id):
+        # The same keep-alive session throughout: a 500 used to drop the connection as well.
+        response = escrow_server.call(agents[who], "POST", path, data=payload)
+        assert_error(response, 422, "invalid_request")
+        assert "surrogate" in response.json()["error"]["message"]
+    assert (escrow_server.store.totals(), escrow_server.get_escrow(buyer, escrow["id"])) == before
+    # A surrogate pair is one valid character and stays welcome.
+    paired = escrow_server.call(None, "POST", "/agents", data=b'{"name": "\\ud83d\\ude00"}')
+    assert paired.status_code == 201, paired.text
+    escrow_server.store.check_invariants()
 
 
 @pytest.mark.parametrize(
