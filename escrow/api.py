@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -33,6 +35,21 @@ from .store import (
 MAX_BODY_BYTES = 64 * 1024
 MAX_TEXT = 4096
 _RAW_PATH_ALLOWED = re.compile(rb"[A-Za-z0-9_/\-]*")
+OPENAPI_ROUTE = "/openapi.json"
+# The contract as this service implements it, written by hand (the routes read raw bodies, so FastAPI's
+# generated schema would say nothing); tests/escrow/test_openapi.py keeps its paths equal to the routes.
+_OPENAPI: dict = json.loads(Path(__file__).with_name("openapi.json").read_text(encoding="utf-8"))
+_HOLDS_PATH_PREFIX = "/escrow/{escrow_id}/holds"
+
+
+def openapi_document(*, holds: bool = True) -> dict:
+    """The OpenAPI 3.1 document of create_api(store, holds=holds): a fresh copy, without the holds paths if asked."""
+    document = copy.deepcopy(_OPENAPI)
+    if not holds:
+        document["paths"] = {
+            path: item for path, item in document["paths"].items() if not path.startswith(_HOLDS_PATH_PREFIX)
+        }
+    return document
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -66,6 +83,8 @@ class RawPathGuard:
         raw: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
         root = scope.get("root_path", "").encode("utf-8")
         relative = raw[len(root):] if root and raw.startswith(root) else raw
+        if relative == OPENAPI_ROUTE.encode("ascii"):  # the one path with a '.'
+            return True
         if not _RAW_PATH_ALLOWED.fullmatch(relative):
             return False
         segments = relative.decode("ascii").split("/")[1:]
@@ -214,6 +233,7 @@ def create_api(store: Store, *, holds: bool = True, latency_ms: float = 0) -> Fa
     """The contract's routes at the app's root; `holds=False` leaves the holds routes out (404)."""
     api = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     api.router.redirect_slashes = False
+    openapi_body = dumps(openapi_document(holds=holds))
 
     async def authenticate(request: Request) -> str:
         key = _bearer(request)
@@ -248,6 +268,10 @@ def create_api(store: Store, *, holds: bool = True, latency_ms: float = 0) -> Fa
     @api.exception_handler(Exception)
     async def _internal_error(_: Request, __: Exception) -> Response:
         return error_response(500, "internal_error", "The escrow service failed; nothing was applied.")
+
+    @api.get(OPENAPI_ROUTE)
+    async def openapi() -> Response:
+        return Response(openapi_body, media_type="application/json")
 
     @api.post("/agents")
     async def register(request: Request) -> Response:
