@@ -35,6 +35,8 @@ from fastapi import FastAPI  # noqa: E402
 
 from gate import EscrowGate, GateError, Lease, PerCall  # noqa: E402
 from models import DynamicBatcher, EmptyTextError, ModelLoadError, load_model  # noqa: E402
+from models import MAX_TEXT_CHARS  # noqa: E402
+from models import require_text as model_accepts  # noqa: E402
 
 log = logging.getLogger("space")
 
@@ -43,6 +45,21 @@ SELLER_FILE = "sandbox-seller.json"
 SANDBOX_DB_FILE = "sandbox-escrow.db"
 JOURNAL_FILE = "gate-journal.sqlite"
 SETTLEMENTS = ("lease", "per_call")
+
+# Gradio keeps the last inputs of every session in memory (for deep links), up to
+# state_session_capacity sessions (10,000 by default), and every raw HTTP API call is a new
+# session: unbounded, a 1 MB text stayed 1 MB, and 1 MB of JSON such as [[],[],...] stayed
+# 25 MB, per call. So the Space bounds what one request may hold and how many sessions stay.
+#: The largest request body read: the longest text accepted, even as JSON escapes of 12 bytes
+#: a character ("\ud83d\ude00"), plus room for the other fields.
+MAX_REQUEST_BYTES = 12 * MAX_TEXT_CHARS + 16 * 1024
+#: The most JSON values (strings, numbers, lists, objects...) a request body may hold: "[]" is
+#: 2 bytes of JSON but 56 bytes of memory. This Space's inputs are a few strings.
+MAX_JSON_VALUES = 1_000
+#: Sessions whose inputs Gradio keeps: about 50 KB each plus their inputs (at most
+#: MAX_REQUEST_BYTES and MAX_JSON_VALUES values), so at most about 370 MB in all; a browser's
+#: sandbox wallet state lasts until this many newer sessions have come.
+SESSION_CAPACITY = 1_000
 
 
 class ConfigError(Exception):
@@ -323,9 +340,10 @@ def _wallet_status(buyer: dict, call) -> str:
 
 
 def require_text(text: str, *_: Any) -> None:
-    """Refuse empty input before anything is reserved."""
+    """Refuse empty, too long or broken text before anything is reserved."""
     if not isinstance(text, str) or not text.strip():
         raise EmptyTextError("Please enter some text to classify.")
+    model_accepts(text)  # length cap and valid Unicode (models.prediction): ValueError, not charged
 
 
 def create_space(config: SpaceConfig) -> tuple[FastAPI, dict[str, Any]]:
@@ -420,9 +438,89 @@ def create_space(config: SpaceConfig) -> tuple[FastAPI, dict[str, Any]]:
     app = FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     if sandbox:
         app.mount(SANDBOX_PREFIX, sandbox.api)
+    demo.state_session_capacity = SESSION_CAPACITY  # read when mounted
     app = gr.mount_gradio_app(app, demo, path="/", mcp_server=True, show_error=True)
+    app.add_middleware(RequestLimits)
     parts = {"gate": gate, "model": model, "demo": demo, "sandbox": sandbox, "classify": classify}
     return app, parts
+
+
+class RequestLimits:
+    """ASGI middleware: a request body over MAX_REQUEST_BYTES is refused (413), and so is a JSON
+    body holding over MAX_JSON_VALUES values (422), before any route reads it."""
+
+    def __init__(self, app, max_bytes: int = MAX_REQUEST_BYTES, max_json_values: int = MAX_JSON_VALUES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.max_json_values = max_json_values
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length", b"0")
+        too_large = (
+            f"The request is too large: this Space reads at most {self.max_bytes:,} bytes "
+            f"(texts of up to {MAX_TEXT_CHARS:,} characters). You were not charged."
+        )
+        if not length.isdigit() or int(length) > self.max_bytes:
+            await _refuse(send, 413, too_large)
+            return
+        body, more = bytearray(), True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_bytes:
+                await _refuse(send, 413, too_large)
+                return
+        if b"json" in headers.get(b"content-type", b"") and _json_values_over(bytes(body), self.max_json_values):
+            await _refuse(
+                send, 422, f"The request holds over {self.max_json_values:,} JSON values; this Space takes "
+                "a few strings. You were not charged."
+            )
+            return
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+def _json_values_over(body: bytes, limit: int) -> bool:
+    """Whether `body` is JSON holding more than `limit` values (not JSON: False, the route says so)."""
+    try:
+        stack = [json.loads(body)]
+    except RecursionError:  # nested deeper than any input of this Space
+        return True
+    except ValueError:
+        return False
+    count = 0
+    while stack:
+        value = stack.pop()
+        count += 1
+        if count > limit:
+            return True
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return False
+
+
+async def _refuse(send, status: int, message: str) -> None:
+    body = json.dumps({"error": message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 class SettleFirstServer(uvicorn.Server):
