@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import secrets
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 
 import requests
 
+from escrow.clock import FakeClock
+from escrow.store import Store
 from tests.support.escrow_server import Agent, EscrowServer, parse_json
 
 
@@ -69,3 +72,20 @@ def raw_request(server: EscrowServer, method: str, path: bytes, headers: dict[st
         name, _, value = line.partition(":")
         response_headers[name.strip().lower()] = value.strip()
     return int(status_line.split()[1]), response_headers, content
+
+
+@contextmanager
+def store_escrow(db_path, *, amount_micro: int, ttl_seconds: int = 3600, granted_micro: int = 5_000_000):
+    """A Store on a FakeClock (no HTTP) with a buyer granted `granted_micro` and one escrow of theirs to a seller:
+    yields (store, clock, buyer, seller, escrow_id); closes the store."""
+    clock = FakeClock()
+    store = Store(db_path, clock=clock)
+    try:
+        buyer, seller = store.register_agent("buyer"), store.register_agent("seller")
+        store.grant(buyer["agent_id"], granted_micro)
+        created = store.create_escrow(buyer["api_key"], seller_id=seller["agent_id"], amount_micro=amount_micro,
+                                      ttl_seconds=ttl_seconds, description="", meta={}, release_condition=None)
+        assert created.status == 201, created.body
+        yield store, clock, buyer, seller, created.json()["id"]
+    finally:
+        store.close()

@@ -11,7 +11,7 @@ from decimal import Decimal
 
 import pytest
 
-from tests.escrow.helpers import assert_error, balance, body, funded_escrow, idem, raw_request
+from tests.escrow.helpers import assert_error, balance, body, funded_escrow, idem, raw_request, store_escrow
 
 ID = r"[A-Za-z0-9]{20,40}"
 
@@ -527,16 +527,11 @@ def test_me_applies_the_callers_pending_expiries(escrow_server):
 
 
 def test_the_sweeper_expires_without_any_call(tmp_path):
-    from escrow import FakeClock, Store, Sweeper
+    from escrow import Sweeper
 
-    clock = FakeClock()
-    store = Store(tmp_path / "sweep.db", clock=clock)
-    try:
-        buyer, seller = store.register_agent("b"), store.register_agent("s")
-        store.grant(buyer["agent_id"], 5_000_000)
-        created = store.create_escrow(buyer["api_key"], seller_id=seller["agent_id"], amount_micro=5_000_000,
-                                      ttl_seconds=5, description="", meta={}, release_condition=None)
-        escrow_id = created.json()["id"]
+    with store_escrow(tmp_path / "sweep.db", amount_micro=5_000_000, ttl_seconds=5) as (
+        store, clock, buyer, _, escrow_id
+    ):
         clock.tick(5)
         sweeper = Sweeper(store, interval_s=0.01)
         sweeper.start()
@@ -552,5 +547,3 @@ def test_the_sweeper_expires_without_any_call(tmp_path):
         assert conn.execute("SELECT status FROM escrows WHERE id = ?", (escrow_id,)).fetchone() == ("expired",)
         conn.close()
         store.check_invariants()
-    finally:
-        store.close()

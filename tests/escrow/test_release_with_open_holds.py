@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from escrow.clock import FakeClock
-from escrow.store import Store
-from tests.escrow.helpers import assert_error, balance, body, funded_escrow
+from tests.escrow.helpers import assert_error, balance, body, funded_escrow, store_escrow
 
 
 def parts(server, agent, escrow_id) -> tuple:
@@ -130,14 +128,7 @@ def test_the_hold_expiring_with_nothing_held_closes_too(escrow_server):
 
 
 def test_the_sweeper_expires_holds_of_released_escrows(tmp_path):
-    clock = FakeClock()
-    store = Store(tmp_path / "ledger.db", clock=clock)
-    try:
-        buyer, seller = store.register_agent("buyer"), store.register_agent("seller")
-        store.grant(buyer["agent_id"], 5_000_000)
-        escrow = store.create_escrow(buyer["api_key"], seller_id=seller["agent_id"], amount_micro=2_000_000,
-                                     ttl_seconds=3600, description="", meta={}, release_condition=None).json()
-        eid = escrow["id"]
+    with store_escrow(tmp_path / "ledger.db", amount_micro=2_000_000) as (store, clock, buyer, seller, eid):
         hold = store.create_hold(seller["api_key"], eid, amount_micro=500_000, ttl_seconds=30).json()
         captured = store.capture(seller["api_key"], eid, hold["hold_id"], amount_micro=100_000, final=False)
         assert captured.status == 200, captured.body
@@ -160,8 +151,6 @@ def test_the_sweeper_expires_holds_of_released_escrows(tmp_path):
             (f"escrow:{eid}:held", f"agent:{buyer['agent_id']}", 400_000),
         ]
         store.check_invariants()
-    finally:
-        store.close()
 
 
 def test_hold_ttl_never_outlives_the_escrow_so_escrow_expiry_is_unchanged(escrow_server):
@@ -201,13 +190,7 @@ def test_benchmark_payout_still_voids_the_sellers_holds(escrow_server):
 
 
 def test_a_fully_captured_hold_on_an_active_escrow_expires_once_and_is_not_swept_again(tmp_path):
-    clock = FakeClock()
-    store = Store(tmp_path / "ledger.db", clock=clock)
-    try:
-        buyer, seller = store.register_agent("buyer"), store.register_agent("seller")
-        store.grant(buyer["agent_id"], 5_000_000)
-        eid = store.create_escrow(buyer["api_key"], seller_id=seller["agent_id"], amount_micro=2_000_000,
-                                  ttl_seconds=3600, description="", meta={}, release_condition=None).json()["id"]
+    with store_escrow(tmp_path / "ledger.db", amount_micro=2_000_000) as (store, clock, buyer, seller, eid):
         hold_id = store.create_hold(seller["api_key"], eid, amount_micro=300_000, ttl_seconds=30).json()["hold_id"]
         captured = store.capture(seller["api_key"], eid, hold_id, amount_micro=300_000, final=False)
         assert captured.status == 200, captured.body  # fully captured, not final: nothing held, hold still open
@@ -222,5 +205,3 @@ def test_a_fully_captured_hold_on_an_active_escrow_expires_once_and_is_not_swept
         assert status == "expired"
         assert store.sweep() == 0  # its escrow is not picked again
         store.check_invariants()
-    finally:
-        store.close()
