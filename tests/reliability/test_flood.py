@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
-import string
 import time
 from types import SimpleNamespace
 
@@ -11,15 +9,9 @@ import pytest
 
 from gate import EscrowNotFound, GateError, PerCall
 from gate._limits import TooManyUnknownEscrows
+from tests.support.space import random_escrow_id
 
 pytestmark = [pytest.mark.hostile]
-
-ALPHANUMERICS = string.ascii_letters + string.digits
-
-
-def random_escrow_id() -> str:
-    return "esc_" + "".join(secrets.choice(ALPHANUMERICS) for _ in range(24))
-
 
 def request_from(host: str) -> SimpleNamespace:
     """What Gradio injects as gr.Request: the caller's address and headers."""
@@ -30,19 +22,27 @@ def lookups(server) -> int:
     return sum(1 for method, path in server.request_log if method == "GET" and path.startswith("/api/escrow/"))
 
 
+def echo_gate(market, ran: list | None = None, **paid_options):
+    """A per-call gate straight on the market's escrow server, and an echo it charges 0.001 for (noted in `ran`)."""
+    gate = market.gate(direct=True)
+
+    @gate.paid(PerCall("0.001"), reason="echo", **paid_options)
+    def echo(text: str) -> str:
+        if ran is not None:
+            ran.append(text)
+        return text
+
+    return gate, echo
+
+
 @pytest.fixture
 def settlement() -> str:
     return "per_call"
 
 
 def test_flood_of_unknown_ids_is_limited_per_client(market):
-    gate = market.gate(direct=True)
     ran = []
-
-    @gate.paid(PerCall("0.001"), reason="echo", receipt=True)
-    def echo(text: str) -> str:
-        ran.append(text)
-        return text
+    gate, echo = echo_gate(market, ran, receipt=True)
 
     market.server.clear_log()
     started = time.monotonic()
@@ -73,11 +73,7 @@ def test_flood_of_unknown_ids_is_limited_per_client(market):
 
 
 def test_one_unknown_id_repeated_is_looked_up_once(market):
-    gate = market.gate(direct=True)
-
-    @gate.paid(PerCall("0.001"), reason="echo")
-    def echo(text: str) -> str:
-        return text
+    gate, echo = echo_gate(market)
 
     unknown = random_escrow_id()
     market.server.clear_log()
@@ -90,11 +86,7 @@ def test_one_unknown_id_repeated_is_looked_up_once(market):
 
 
 def test_global_cap_holds_against_rotating_addresses(market):
-    gate = market.gate(direct=True)
-
-    @gate.paid(PerCall("0.001"), reason="echo")
-    def echo(text: str) -> str:
-        return text
+    gate, echo = echo_gate(market)
 
     market.server.clear_log()
     started = time.monotonic()

@@ -36,7 +36,7 @@ from app import MAX_REQUEST_BYTES
 from models import MAX_TEXT_CHARS
 from tests.support.audit import Audit, Ledger
 from tests.support.processes import space_process
-from tests.support.space import RunningSpace
+from tests.support.space import RunningSpace, classify_over_http, final_event
 
 pytestmark = [pytest.mark.hostile]
 
@@ -73,15 +73,6 @@ def _not_accepted(status: int, text: str) -> Outcome:
     return Outcome("rejected", text, status=status)
 
 
-def _events(stream: str) -> list[tuple[str, Any]]:
-    events = []
-    for block in stream.split("\n\n"):
-        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
-        if "event" in fields:
-            events.append((fields["event"], json.loads(fields.get("data", "null"))))
-    return events
-
-
 class Space:
     """The Space under test, its sandbox ledger, one buyer, and the audit of everything it was told."""
 
@@ -111,19 +102,11 @@ class Space:
 
     # -- the two ways in
     def http(self, data: Any = None, *, headers: dict | None = None, body: bytes | None = None) -> Outcome:
-        url = self.base + "/gradio_api/call/classify"
-        headers = dict(headers or {})
-        if body is None:
-            answer = requests.post(url, json={"data": data}, headers=headers, timeout=60)
-        else:
-            answer = requests.post(url, data=body, headers={"Content-Type": "application/json", **headers}, timeout=60)
-        if answer.status_code != 200:
+        answer, stream = classify_over_http(self.base, data, body=body, headers=headers)
+        if stream is None:
             return _not_accepted(answer.status_code, answer.text)
-        stream = requests.get(f"{url}/{answer.json()['event_id']}", timeout=60)
         assert stream.status_code == 200, stream.text
-        final = [(event, payload) for event, payload in _events(stream.text) if event in ("complete", "error")]
-        assert final, stream.text[:500]
-        event, payload = final[-1]
+        event, payload = final_event(stream.text)
         if event == "complete":
             return Outcome("paid", result=payload[0], receipt=payload[1])
         return Outcome("refused", (payload or {}).get("error") or "")
@@ -432,9 +415,9 @@ def test_escrow_id_header_variants(space):
         if answer.startswith(b"HTTP/1.1 200"):  # the server took it: the gate must refuse it
             event_id = json.loads(answer.split(b"\r\n\r\n", 1)[1])["event_id"]
             stream = requests.get(f"{space.base}/gradio_api/call/classify/{event_id}", timeout=60).text
-            error = [payload for event, payload in _events(stream) if event == "error"]
-            assert error, stream
-            space.refused(Outcome("refused", error[0]["error"]), f"raw header {header[:20]!r}")
+            event, payload = final_event(stream)
+            assert event == "error", stream
+            space.refused(Outcome("refused", payload["error"]), f"raw header {header[:20]!r}")
         else:
             assert refused_by_the_server(answer), answer[:300]
     space.untouched(b)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import string
 import time
 from dataclasses import dataclass, field
 
@@ -28,7 +27,7 @@ from gradio_client.exceptions import AppError
 
 from models import MAX_TEXT_CHARS
 from tests.support.processes import ServerProcess, escrow_process, free_port, space_process
-from tests.support.space import Buyer, EscrowApi
+from tests.support.space import Buyer, EscrowApi, classify_over_http, random_escrow_id
 
 pytestmark = [pytest.mark.hostile]
 
@@ -101,14 +100,12 @@ class Production:
         return "paid", receipt
 
     def http(self, data, where: str, headers: dict | None = None) -> tuple[str, dict | None]:
-        url = self.space.base_url + "/gradio_api/call/classify"
-        answer = requests.post(url, json={"data": data}, headers=headers or {}, timeout=60)
+        answer, stream = classify_over_http(self.space.base_url, data, headers=headers)
         self.clean_message(str(answer.headers) + answer.text, f"HTTP answer: {where}")
-        if answer.status_code != 200:
+        if stream is None:
             assert answer.status_code in (413, 422), (where, answer.status_code, answer.text[:300])
             assert "not charged" in answer.json()["error"], answer.text
             return "refused", None
-        stream = requests.get(f"{url}/{answer.json()['event_id']}", timeout=60)
         self.clean_message(stream.text, f"HTTP event stream: {where}")
         if "event: complete" in stream.text:
             return "paid", None
@@ -118,10 +115,6 @@ class Production:
     def refused_both_ways(self, text, escrow_id, where: str) -> None:
         assert self.call(text, escrow_id, where)[0] == "refused", where
         assert self.http([text, escrow_id], where)[0] == "refused", where
-
-
-def random_escrow_id() -> str:
-    return "esc_" + "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(24))
 
 
 @pytest.fixture(scope="module")

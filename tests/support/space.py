@@ -3,16 +3,53 @@
 from __future__ import annotations
 
 import json
+import secrets
+import string
 import time
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
 
 from tests.support.processes import ServerProcess, space_process
 from tests.support.tiny_model import build_tiny_model
+
+
+def random_escrow_id() -> str:
+    """A well-formed escrow ID that no escrow has (24 random letters and digits)."""
+    return "esc_" + "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(24))
+
+
+def classify_over_http(
+    base_url: str, data: Any = None, *, body: bytes | None = None, headers: dict | None = None
+) -> tuple[requests.Response, requests.Response | None]:
+    """`/classify` through Gradio's plain HTTP API: the POST's answer, and its event stream (None if it was refused).
+
+    `data` is sent as `{"data": data}`; `body` instead sends raw bytes as JSON.
+    """
+    url = base_url.rstrip("/") + "/gradio_api/call/classify"
+    if body is None:
+        answer = requests.post(url, json={"data": data}, headers=headers or {}, timeout=60)
+    else:
+        answer = requests.post(url, data=body, headers={"Content-Type": "application/json", **(headers or {})},
+                               timeout=60)
+    if answer.status_code != 200:
+        return answer, None
+    return answer, requests.get(f"{url}/{answer.json()['event_id']}", timeout=60)
+
+
+def final_event(stream: str) -> tuple[str, Any]:
+    """The last `complete` or `error` event of a Gradio event stream, with its JSON data."""
+    final = []
+    for block in stream.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if fields.get("event") in ("complete", "error"):
+            final.append((fields["event"], json.loads(fields.get("data", "null"))))
+    assert final, stream[:500]
+    return final[-1]
 
 
 @pytest.fixture(scope="session")
