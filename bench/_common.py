@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,13 +93,22 @@ def escrow_service(latency_ms: float, *, escrows: int = 1, amount_micro: int = 1
             url = _read_url(process)
             yield Market(url, seller, buyer, escrow_ids)
         finally:
-            process.terminate()
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
-            process.stdout.close()
+            stop_process(process, process.terminate)
+
+
+def stop_process(process: subprocess.Popen, ask_to_stop: Callable[[], None]) -> None:
+    """ask_to_stop() and wait 30 s, then SIGTERM and wait 10 s, then SIGKILL; closes its stdout."""
+    try:
+        ask_to_stop()
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+    process.stdout.close()
 
 
 def _read_url(process: subprocess.Popen) -> str:

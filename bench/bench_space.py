@@ -41,7 +41,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model is built here; nothing is downloaded
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-from bench._common import REPO, banner, escrow_service, load_average, percentile  # noqa: E402
+from bench._common import REPO, banner, escrow_service, load_average, percentile, stop_process  # noqa: E402
 
 CONCURRENCY = (1, 8, 16, 32)
 ECHO_CONCURRENCY = (1, 8)  # the same endpoints without the model: what serving alone costs
@@ -203,17 +203,7 @@ def _start_server(model_dir: Path, market, settlement: str, model_seconds: float
 
 
 def _stop_server(process: subprocess.Popen) -> None:
-    try:
-        process.stdin.close()
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-    process.stdout.close()
+    stop_process(process, process.stdin.close)  # its stdin closing is the server's signal to stop
 
 
 # ---------------------------------------------------------------- the clients
