@@ -45,6 +45,7 @@ CALLERS = 12
 BUYERS = 2
 ESCROWS_EACH = 2
 HOLD_TTL_S = Lease().hold_ttl_s  # the Space's leases use the defaults
+CAPTURE_INTERVAL_S = Lease().capture_interval_s
 
 
 def _journal(path: Path) -> dict:
@@ -203,11 +204,19 @@ class Crash:
         callers = Callers(self.space.base_url + "/", self.escrow_ids, self.audit, CALLERS).start()
         self.callers.append(callers)
         deadline = time.monotonic() + 60
+        last_spent, captured_at = 0, time.monotonic()
         while True:  # some charges captured already, others not yet, no hold being opened: kill now
-            assert time.monotonic() < deadline, f"no moment to kill: {len(self.audit.outcomes.receipts)} receipts"
+            now = time.monotonic()
+            assert now < deadline, f"no moment to kill: {len(self.audit.outcomes.receipts)} receipts"
             assert not callers.errors_before_kill, callers.errors_before_kill[:3]
-            if (len(self.audit.outcomes.receipts) >= 60 and 0 < self.spent() < _receipts_total(self.audit)
-                    and self.journal_knows_holds()):
+            spent = self.spent()
+            if spent != last_spent:
+                last_spent, captured_at = spent, now
+            # Midway between two of the flusher's captures (every CAPTURE_INTERVAL_S), so the next one
+            # cannot land between this check and the kill and leave the replay nothing to do.
+            between_captures = 0.15 * CAPTURE_INTERVAL_S <= now - captured_at <= 0.6 * CAPTURE_INTERVAL_S
+            if (len(self.audit.outcomes.receipts) >= 60 and 0 < spent < _receipts_total(self.audit)
+                    and between_captures and self.journal_knows_holds()):
                 break
             time.sleep(0.05)
         callers.killed.set()
