@@ -1,7 +1,9 @@
 """USDC amounts: ``Decimal`` quantized to 6 places, never ``float``.
 
-Owner-facing values (prices) are parsed strictly with :func:`to_decimal`;
-amounts coming back from the escrow service are parsed with :func:`parse_usdc`
+Owner-facing values are parsed strictly: rates with :func:`to_decimal`, listed
+amounts (a per-call price, a cap) with :func:`to_usdc`, which also refuses more
+than 6 decimals since they are charged as listed, never rounded. Amounts coming
+back from the escrow service are parsed with :func:`parse_usdc`
 (JSON numbers must already have been decoded with ``parse_float=Decimal``).
 """
 
@@ -13,7 +15,7 @@ USDC_PLACES = 6
 MICRO_USDC = Decimal("0.000001")
 MAX_USDC = Decimal("1000000000")  # the contract's ceiling for one amount
 
-__all__ = ["MAX_USDC", "MICRO_USDC", "format_usdc", "parse_usdc", "round_up", "to_decimal"]
+__all__ = ["MAX_USDC", "MICRO_USDC", "format_usdc", "parse_usdc", "round_up", "to_decimal", "to_usdc"]
 
 
 def to_decimal(value: object, *, name: str = "amount") -> Decimal:
@@ -35,6 +37,17 @@ def to_decimal(value: object, *, name: str = "amount") -> Decimal:
     if amount > MAX_USDC:
         raise ValueError(f"{name} is above {MAX_USDC} USDC (got {value!r})")
     return amount
+
+
+def to_usdc(value: object, *, name: str = "amount") -> Decimal:
+    """Parse a listed amount like :func:`to_decimal`; ValueError if finer than a micro-USDC."""
+    amount = to_decimal(value, name=name)
+    if amount != amount.quantize(MICRO_USDC):
+        raise ValueError(
+            f"{name} {amount:f} has more than 6 decimals: "
+            f"USDC is charged in whole micro-USDC ({MICRO_USDC:f})"
+        )
+    return amount.quantize(MICRO_USDC)
 
 
 def round_up(amount: Decimal) -> Decimal:

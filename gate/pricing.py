@@ -5,7 +5,8 @@
 it is what the gate charges; it never exceeds the maximum. ``started`` is
 whatever ``start()`` returned just before the function ran (PerSecond reads
 its clock there). Both results are Decimal USDC rounded UP to the micro-USDC,
-once per call.
+once per call. A listed price (PerCall) must already be whole micro-USDC; a
+rate (PerToken, PerSecond) may be finer, its per-call price is rounded up.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
-from .money import format_usdc, round_up, to_decimal
+from .money import format_usdc, round_up, to_decimal, to_usdc
 
 __all__ = ["PerCall", "PerSecond", "PerToken", "Price", "count_words"]
 
@@ -50,15 +51,18 @@ class Price(ABC):
 
 
 class PerCall(Price):
-    """A fixed price per successful call."""
+    """A fixed price per successful call, charged exactly as listed.
+
+    At most 6 decimals (whole micro-USDC): ``PerCall("0.0000001")`` raises ValueError.
+    """
 
     fixed = True
 
     def __init__(self, price: str | int | Decimal):
-        amount = to_decimal(price, name="price")
+        amount = to_usdc(price, name="price")
         if amount <= 0:
             raise ValueError("price must be positive")
-        self.price = round_up(amount)
+        self.price = amount
 
     def max_price(self, args: tuple, kwargs: Mapping[str, Any]) -> Decimal:
         return self.price
@@ -96,6 +100,8 @@ class PerToken(Price):
     Tokens are counted with ``count_tokens(text) -> int`` (default: words) over the
     string arguments (input) and the strings in the outputs (output; for a stream,
     the last value yielded, as Gradio streams show the growing text).
+    The rates may have more than 6 decimals: each call's price is rounded up to
+    the micro-USDC.
     """
 
     def __init__(
@@ -151,7 +157,10 @@ class PerToken(Price):
 
 
 class PerSecond(Price):
-    """A price per second of run time, capped at max_seconds (the function is not stopped)."""
+    """A price per second of run time, capped at max_seconds (the function is not stopped).
+
+    The rate may have more than 6 decimals: each call's price is rounded up to the micro-USDC.
+    """
 
     def __init__(
         self,

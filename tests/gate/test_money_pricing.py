@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gate import PerCall, PerSecond, PerToken
-from gate.money import format_usdc, parse_usdc, round_up, to_decimal
+from gate.money import format_usdc, parse_usdc, round_up, to_decimal, to_usdc
 
 
 @pytest.mark.parametrize("bad", [0.1, True, None, [1], b"1"])
@@ -50,9 +50,50 @@ def test_round_up_never_below_and_at_most_one_micro_above(amount):
     assert rounded == rounded.quantize(Decimal("0.000001"))
 
 
-def test_per_call_rounds_up_and_validates():
-    assert PerCall("0.0000011").max_price((), {}) == Decimal("0.000002")
+@pytest.mark.parametrize(
+    "value,expected",
+    [("0.0010", Decimal("0.001")), ("0.0000010", Decimal("0.000001")), ("1E-3", Decimal("0.001")),
+     (Decimal("2.50"), Decimal("2.5")), (3, Decimal(3)), ("0", Decimal(0))],
+)
+def test_listed_amounts_with_at_most_six_decimals_are_kept_exactly(value, expected):
+    amount = to_usdc(value, name="price")
+    assert amount == expected
+    assert amount.as_tuple().exponent == -6  # 6 places, like every amount in the gate
+
+
+@pytest.mark.parametrize("bad", ["0.0000001", "0.0010001", Decimal("1.0000005"), "1E-7"])
+def test_listed_amounts_finer_than_a_micro_usdc_are_refused(bad):
+    with pytest.raises(ValueError, match=r"^Lease.max_usdc [0-9.]+ has more than 6 decimals: "):
+        to_usdc(bad, name="Lease.max_usdc")
+
+
+def test_listed_amounts_are_checked_like_other_owner_amounts():
+    with pytest.raises(TypeError):
+        to_usdc(0.001)
+    with pytest.raises(ValueError):
+        to_usdc("-0.001")
+
+
+def test_per_call_charges_exactly_the_listed_price():
+    assert PerCall("0.0010").max_price((), {}) == PerCall("0.0010").actual_price((), {}, None, None)
+    assert PerCall("0.0010").price == Decimal("0.001")
+    assert PerCall("0.0010").describe() == "0.001000 USDC per call"
+    assert PerCall("0.000001").price == Decimal("0.000001")
     assert PerCall(1).actual_price((), {}, None, None) == Decimal("1.000000")
+
+
+def test_per_call_refuses_a_price_finer_than_a_micro_usdc():
+    # It used to be advertised as 0.0000001 and charged 0.000001 (10x).
+    with pytest.raises(ValueError) as refused:
+        PerCall("0.0000001")
+    assert str(refused.value) == (
+        "price 0.0000001 has more than 6 decimals: USDC is charged in whole micro-USDC (0.000001)"
+    )
+    with pytest.raises(ValueError, match="more than 6 decimals"):
+        PerCall("0.0000011")
+
+
+def test_per_call_validates():
     for bad in ("0", "-1"):
         with pytest.raises(ValueError):
             PerCall(bad)
@@ -96,3 +137,15 @@ def test_per_second_uses_its_clock_and_caps_at_max_seconds():
         PerSecond("0.01", 0)
     with pytest.raises(TypeError):
         PerSecond(0.01, 5)
+
+
+def test_computed_rates_may_be_finer_than_a_micro_usdc_and_round_up_per_call():
+    per_token = PerToken("0.0000001", "0.0000003", max_tokens=10)
+    # 5 input + 10 output tokens: 0.0000035 / 1000, rounded up to one micro-USDC
+    assert per_token.max_price(("one two three four five",), {}) == Decimal("0.000001")
+    now = [0.0]
+    per_second = PerSecond("0.0000001", 5, clock=lambda: now[0])
+    assert per_second.max_price((), {}) == Decimal("0.000001")
+    started = per_second.start()
+    now[0] += 2
+    assert per_second.actual_price((), {}, None, started) == Decimal("0.000001")
