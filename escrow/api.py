@@ -7,6 +7,7 @@ import hashlib
 import json
 import re
 from decimal import Decimal
+from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,32 @@ class SimulatedLatency:
         if scope["type"] == "http":
             await anyio.sleep(self.latency_s)
         await self.app(scope, receive, send)
+
+
+class ClockDateHeader:
+    """Set each answer's ``Date`` header from the store's clock (for a server whose own Date is off, e.g. a FakeClock).
+
+    Gates read ``Date`` to learn how far their clock is from the service's (the expiries are on the service's).
+    Use it with the HTTP server's own Date header turned off (uvicorn ``date_header=False``).
+    """
+
+    def __init__(self, app: ASGIApp, clock: Any) -> None:
+        self.app = app
+        self.clock = clock
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_date(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"date"]
+                headers.append((b"date", formatdate(self.clock.now(), usegmt=True).encode("ascii")))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_date)
 
 
 # ---------------------------------------------------------------- request parsing

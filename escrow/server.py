@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount
 
-from .api import create_api, error_response
+from .api import ClockDateHeader, create_api, error_response
 from .store import Store
 from .sweeper import Sweeper
 
@@ -21,9 +21,12 @@ API_PREFIX = "/api"
 
 def standalone_app(
     store: Store, *, holds: bool = True, latency_ms: float = 0, sweep_interval_s: float = 1.0,
-    close_store: bool = True,
+    close_store: bool = True, date_from_clock: bool = False,
 ) -> Starlette:
-    """Mount create_api(store) at /api; the lifespan starts and stops a Sweeper (and closes the store)."""
+    """Mount create_api(store) at /api; the lifespan starts and stops a Sweeper (and closes the store).
+
+    ``date_from_clock``: answers carry the store clock's time as ``Date`` (serve with the server's own Date off).
+    """
     sweeper = Sweeper(store, interval_s=sweep_interval_s)
 
     @contextlib.asynccontextmanager
@@ -41,8 +44,11 @@ def standalone_app(
             return error_response(404, "not_found", "No such resource; the API is under /api.")
         return error_response(exc.status_code, "invalid_request", "The request could not be handled.", exc.headers)
 
+    api: Any = create_api(store, holds=holds, latency_ms=latency_ms)
+    if date_from_clock:  # the store's clock is not the wall clock: Date must say the store's time
+        api = ClockDateHeader(api, store.clock)
     app = Starlette(
-        routes=[Mount(API_PREFIX, create_api(store, holds=holds, latency_ms=latency_ms))],
+        routes=[Mount(API_PREFIX, api)],
         lifespan=lifespan,
         exception_handlers={StarletteHTTPException: not_found},
     )

@@ -19,6 +19,7 @@ from typing import Any
 import anyio.to_thread
 import gradio as gr
 
+from ._clock import ServiceClock, parse_service_time
 from ._cache import NOT_FOUND, EscrowFacts, FactsCache
 from ._limits import LookupLimiter, client_of
 from ._lease import Lease, LeaseSettlement
@@ -98,14 +99,9 @@ def _time_source(clock: Any) -> Callable[[], float]:
 def _parse_time(value: Any) -> float | None:
     if value is None:
         return None
-    if isinstance(value, str):
-        moment = datetime.fromisoformat(value)
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=timezone.utc)
-        return moment.timestamp()
     if isinstance(value, (int, Decimal)) and not isinstance(value, bool):
         return float(value)
-    raise ValueError("not a time")
+    return parse_service_time(value)
 
 
 @dataclass(frozen=True)
@@ -157,6 +153,7 @@ class EscrowGate:
         timeout: tuple[float, float] = (3.05, 10.0),
         max_connections: int = 64,
         clock: Any = None,
+        timer: Callable[[], float] = time.monotonic,
         settlement: str | Lease | Callable[[EscrowClient, Any], Settlement] = "lease",
         hold_ttl_seconds: int = 300,
         cache_ttl: float = 60.0,
@@ -167,11 +164,15 @@ class EscrowGate:
             raise ValueError("seller_id must look like agent_…")
         if isinstance(hold_ttl_seconds, bool) or not isinstance(hold_ttl_seconds, int) or hold_ttl_seconds < 1:
             raise ValueError("hold_ttl_seconds must be a positive int")
-        self._client = EscrowClient(escrow_url, api_key, timeout=timeout, max_connections=max_connections)
-        self.escrow_url = escrow_url.rstrip("/")  # public: buyers open escrows here
         self._now = _time_source(clock)
+        # The service's expiries are on its clock: every answer tells how far it is from ours (gate._clock).
+        self._service_clock = ServiceClock(self._now)
+        self._client = EscrowClient(
+            escrow_url, api_key, timeout=timeout, max_connections=max_connections, service_clock=self._service_clock
+        )
+        self.escrow_url = escrow_url.rstrip("/")  # public: buyers open escrows here
         self._cache = FactsCache(self._now, ttl=cache_ttl, negative_ttl=negative_cache_ttl)
-        self._lookups = LookupLimiter()  # unknown-escrow lookups per client and in all (gate/_limits.py)
+        self._lookups = LookupLimiter(timer=timer)  # unknown-escrow lookups per client and in all (gate/_limits.py)
         self._seller_id = seller_id
         self._seller_lock = threading.Lock()
         self.hold_ttl_seconds = hold_ttl_seconds
@@ -180,7 +181,7 @@ class EscrowGate:
             settlement = Lease()
         if isinstance(settlement, Lease):
             self._settlement: Settlement = LeaseSettlement(
-                self._client, view, settlement, now=self._now, settle_retries=settle_retries
+                self._client, view, settlement, now=self._now, timer=timer, settle_retries=settle_retries
             )
         elif settlement == "per_call":
             self._settlement = PerCallSettlement(self._client, view, settle_retries=settle_retries)
@@ -253,7 +254,10 @@ class EscrowGate:
         ``receipt_extra``) is one extra, last output: appended to a tuple result, else
         ``(result, receipt)``. A stream yields each item with ``None`` in the receipt slot,
         then, once settled, its last item again with the receipt. A stream that yields
-        nothing is charged nothing. A stream that fails or is abandoned is voided.
+        nothing is charged nothing; one whose function raises is voided (not charged, even
+        after some output). A stream abandoned by its consumer (client gone, task cancelled)
+        after it yielded output is charged for what it handed out: its last item
+        (``PerToken`` counts that item's tokens; ``PerCall`` charges the price).
         """
         if not isinstance(price, Price):
             raise TypeError("price must be a PerCall, PerToken, PerSecond or other gate Price")
@@ -299,13 +303,18 @@ class EscrowGate:
         else:
             facts = cached
         self._refuse_unusable(facts, seller_id)
-        return self._settlement.reserve(call.escrow_id, call.maximum, reason, ttl_seconds, fresh=fresh)
+        return self._settlement.reserve(
+            call.escrow_id, call.maximum, reason, ttl_seconds, fresh=fresh, expires_at=facts.expires_at
+        )
 
     def _refuse_unusable(self, facts: EscrowFacts, seller_id: str) -> None:
         """Wrong seller, closed or expired: refused without reserving anything."""
         if facts.seller_id != seller_id:
             raise EscrowNotFound(facts.escrow_id)
-        if facts.status == "expired" or (facts.expires_at is not None and facts.expires_at <= self._now()):
+        # Expired only when the service's clock surely says so; near the edge the service's hold decides.
+        if facts.status == "expired" or (
+            facts.expires_at is not None and self._service_clock.surely_past(facts.expires_at)
+        ):
             raise EscrowExpired(facts.escrow_id)
         if facts.status != "active":
             raise EscrowClosed(facts.escrow_id, facts.status if facts.status in _CLOSED_STATUSES else "not active")
@@ -392,6 +401,23 @@ class EscrowGate:
         except RuntimeError:  # shut down: close() is voiding what is left
             self._settlement.release(reservation)
 
+    def _abandoned(self, price: Price, call: _Call, reservation: Reservation, last: Any, started: Any) -> None:
+        """A stream stopped by its consumer: what it yielded was handed out, so it is charged; nothing: voided."""
+        if last is _NOTHING:
+            self._release_later(reservation)
+            return
+
+        def charge() -> None:
+            try:
+                self._finish(price, call, reservation, last, started)
+            except GateError as exc:
+                log.warning("an abandoned stream's delivered output could not be charged: %s", exc.message)
+
+        try:
+            self._background.submit(charge)
+        except RuntimeError:  # shut down: charge it here, before the settlement closes
+            charge()
+
     def _hold_ttl(self, price: Price) -> int:
         max_seconds = getattr(price, "max_seconds", None)
         if max_seconds is None:
@@ -471,7 +497,7 @@ def _gated(
                 await anyio.to_thread.run_sync(gate._release, reservation)
                 _raise_failure(exc, reason)
             except BaseException:  # GeneratorExit (abandoned), cancellation
-                gate._release_later(reservation)
+                gate._abandoned(price, call, reservation, last, started)
                 raise
             finally:
                 if stream is not None:
@@ -499,7 +525,7 @@ def _gated(
                 gate._release(reservation)
                 _raise_failure(exc, reason)
             except BaseException:  # GeneratorExit (abandoned), KeyboardInterrupt
-                gate._release_later(reservation)
+                gate._abandoned(price, call, reservation, last, started)
                 raise
             finally:
                 if stream is not None:

@@ -10,22 +10,38 @@ in the journal (its own charge ID ``chg_…``, the hold ID, the amount), then th
 in-memory totals; then the result is returned. A failed call's reservation
 simply returns to the lease. Locally reserved + charged never exceeds the hold.
 
-A background flusher captures what was charged with one partial capture
-(``final: false``) every ``capture_interval_s`` or as soon as the lease's
-unreserved part drops under ``low_water`` (then it also opens the next lease
-ahead of need, so calls rarely wait for a hold). It closes a lease (final
-capture of what is still owed, the rest returned to the escrow) when it is
-exhausted, unused for ``idle_s``, near its hold's expiry, or at ``close()``.
-When the lease cannot cover a call, the call opens a new hold: one opener per
-escrow at a time, the others wait for it; no lock is held across HTTP. If the
-escrow cannot fund a whole lease, the opener reads what remains (GET) and holds
-that if it covers the call, else the call is refused, not charged.
+**A charge is taken on a lease only where its capture can land** (``settle``):
+- before the lease's *charge deadline*: the earliest moment the hold may expire
+  on the service, read on the service's clock with its uncertainty
+  (``gate._clock.ServiceClock``: skew costs margin, never money), less
+  ``Lease.settle_margin_s`` for the final capture to arrive;
+- while the lease's oldest charge not yet confirmed by the service is younger
+  than ``Lease.max_unconfirmed_s`` (default ``capture_interval_s + 1``). When the
+  service stops confirming captures (down, slow, refusing), a lease stops taking
+  charges within that time; calls are then served per call (their own hold,
+  captured before the result is returned), which the service refuses while it
+  is down: "not charged". The charges at risk in an outage are at most those
+  of ``max_unconfirmed_s`` of calls per lease (and never more than the lease),
+  and they are lost only if the outage outlasts the hold.
+A call that cannot be charged on its lease when it finishes (deadline passed,
+captures unconfirmed, lease closed) is charged on its own fresh hold, captured
+before its result is returned; if that fails the result is withheld and
+nothing is charged.
 
-Timing per lease (hold TTL ``hold_ttl_s``, capped by the escrow's expiry):
-calls reserve on it during its first 75 % of life, charge on it locally until
-90 %, and the flusher closes it then. A call that finishes later (a very long
-call) is charged on its own fresh hold, captured at once, before its result is
-returned; if that fails the result is withheld and nothing is charged.
+Escrows (or holds) with too little life left for a charging window of
+``2 × settle_margin_s`` are never leased: their calls are served per call, each
+hold captured before its result is returned (so a 1-second escrow is paid
+call by call, or its calls are refused "not charged").
+
+A flusher captures what was charged with one partial capture (``final:
+false``) once the oldest uncaptured charge is ``capture_interval_s`` old or as
+soon as the lease's unreserved part drops under ``low_water`` (then it also
+opens the next lease ahead of need, so calls rarely wait for a hold). It closes
+a lease (final capture of what is still owed, the rest returned to the escrow)
+at its charge deadline, when it is exhausted, unused for ``idle_s``, or at
+``close()``. The flusher sleeps until the next of these moments. No lock is
+held across HTTP: captures and successor holds are sent from a small pool,
+one request at a time per lease, so a stalled escrow stalls only itself.
 
 Journal (``gate/_journal.py``): an outbox. Before a capture is sent, its intent
 (hold, amount, Idempotency-Key, final) is committed, and it is marked done
@@ -34,8 +50,8 @@ replays: it re-sends pending intents with their SAME keys (the service replays
 its answer instead of applying them twice), then closes every hold that the
 journal still has open with a final capture of what was charged on it and not
 captured. Each step is journaled before it is sent, so a crash during replay
-is replayed again, still exactly once. One journal file per process: do not
-share it between replicas running at the same time.
+is replayed again, still exactly once. One process per journal file: a second
+one is refused at start (``JournalInUse``, an OS file lock).
 
 Exposure (what a crash can cost the seller, then the buyer):
 - without a journal path (the default) the journal is in memory: a crash loses
@@ -67,18 +83,18 @@ atomic holds keep their sum within the escrow, nothing else is shared.
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import string
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
+from ._clock import ServiceClock, parse_service_time
 from ._journal import CaptureIntent, Journal
 from ._settlement import _HOLD_ID, EscrowView, PerCallSettlement, Receipt, Reservation, Settlement
 from .client import EscrowClient, new_idempotency_key
@@ -90,7 +106,7 @@ from .errors import (
     ServiceUnavailable,
     SettlementFailed,
 )
-from .money import MICRO_USDC, format_usdc, parse_usdc, round_up, to_decimal
+from .money import MICRO_USDC, format_usdc, parse_usdc, round_up, to_usdc
 
 __all__ = ["Lease", "LeaseSettlement"]
 
@@ -98,7 +114,9 @@ log = logging.getLogger("gate")
 
 _ALPHANUMERICS = string.ascii_letters + string.digits
 _OPEN, _RETIRING, _CLOSING = "open", "retiring", "closing"
-_RESERVE_FRACTION, _SETTLE_FRACTION = 0.75, 0.90
+_RESERVE_FRACTION = 0.75  # of a lease's charging window: new calls reserve on it only during this part
+_RETRY_S = 0.5  # an unconfirmed capture is re-sent (same key) at most this often
+_MAX_SLEEP_S = 1.0
 
 
 def new_charge_id() -> str:
@@ -113,18 +131,26 @@ def _usdc(micro: int) -> Decimal:
     return (Decimal(micro) * MICRO_USDC).quantize(MICRO_USDC)
 
 
+def _positive_number(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
 @dataclass(frozen=True)
 class Lease:
     """Lease settlement options (``EscrowGate(settlement=Lease(...))``; ``"lease"`` = ``Lease()``).
 
     calls: a lease holds this many times the maximum price of the call that opens it.
     max_usdc: optional cap on one lease in USDC (the exposure per escrow); never below one call.
-    capture_interval_s: what was charged is captured at least this often (wall-clock seconds).
+    capture_interval_s: a charge is captured at most this long after it was taken.
     low_water: fraction of the lease; below it the used part is captured and the next lease opened early.
     idle_s: an unused lease is captured and its rest voided after this many seconds.
     hold_ttl_s: the hold's TTL on the service (capped there by the escrow's expiry).
+    settle_margin_s: a lease stops charging this long before its hold may expire (service clock,
+        uncertainty included), the time its final capture has to land.
+    max_unconfirmed_s: a lease takes no charge while its oldest unconfirmed charge is older than this
+        (default ``capture_interval_s + 1``): the most an outage can leave unpaid, in seconds of calls.
     journal: SQLite file for the durable journal; None keeps it in memory (see the module docstring
-        for what a crash then loses). Use one file per process.
+        for what a crash then loses). One process per file.
     synchronous: SQLite ``synchronous`` for the journal: "NORMAL" (process-crash safe) or "FULL".
     """
 
@@ -134,6 +160,8 @@ class Lease:
     low_water: float = 0.25
     idle_s: float = 30.0
     hold_ttl_s: int = 120
+    settle_margin_s: float = 3.0
+    max_unconfirmed_s: float | None = None
     journal: str | Path | None = None
     synchronous: str = "NORMAL"
 
@@ -141,20 +169,30 @@ class Lease:
         if isinstance(self.calls, bool) or not isinstance(self.calls, int) or self.calls < 1:
             raise ValueError("Lease.calls must be a positive int")
         if self.max_usdc is not None:
-            cap = to_decimal(self.max_usdc, name="Lease.max_usdc")
+            cap = to_usdc(self.max_usdc, name="Lease.max_usdc")
             if cap <= 0:
                 raise ValueError("Lease.max_usdc must be positive")
             object.__setattr__(self, "max_usdc", cap)
-        for name in ("capture_interval_s", "idle_s"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        for name in ("capture_interval_s", "idle_s", "settle_margin_s"):
+            if not _positive_number(getattr(self, name)):
                 raise ValueError(f"Lease.{name} must be a positive number")
+        if self.max_unconfirmed_s is None:
+            object.__setattr__(self, "max_unconfirmed_s", self.capture_interval_s + 1.0)
+        elif not _positive_number(self.max_unconfirmed_s) or self.max_unconfirmed_s < self.capture_interval_s:
+            raise ValueError("Lease.max_unconfirmed_s must be a number of at least capture_interval_s")
         if isinstance(self.low_water, bool) or not isinstance(self.low_water, (int, float)) or not 0 <= self.low_water < 1:
             raise ValueError("Lease.low_water must be in [0, 1)")
         if isinstance(self.hold_ttl_s, bool) or not isinstance(self.hold_ttl_s, int) or self.hold_ttl_s < 2:
             raise ValueError("Lease.hold_ttl_s must be an int of at least 2")
+        if self.hold_ttl_s <= 3 * self.settle_margin_s:
+            raise ValueError("Lease.hold_ttl_s must be more than 3 × settle_margin_s")
         if self.synchronous not in ("NORMAL", "FULL"):
             raise ValueError("Lease.synchronous must be 'NORMAL' or 'FULL'")
+
+    @property
+    def min_window_s(self) -> float:
+        """The shortest charging window worth a lease; escrows with less life left are served per call."""
+        return 2 * self.settle_margin_s
 
 
 class _LeaseState:
@@ -162,28 +200,45 @@ class _LeaseState:
 
     __slots__ = (
         "escrow_id", "hold_id", "amount", "reserved", "charged", "uncaptured", "state", "reserve_until",
-        "settle_until", "expires_at", "last_used", "last_capture", "last_need", "low_mark", "pending",
-        "successor_tried",
+        "charge_until", "last_used", "last_need", "low_mark", "pending", "pending_oldest", "uncaptured_oldest",
+        "sending", "retry_at", "successor_tried",
     )
 
-    def __init__(self, escrow_id: str, hold_id: str, amount: int, opened_at: float, expires_at: float, need: int,
-                 low_water: float):
-        life = max(expires_at - opened_at, 0.0)
+    def __init__(self, escrow_id: str, hold_id: str, amount: int, opened_at: float, charge_until: float,
+                 need: int, low_water: float, mono: float):
         self.escrow_id, self.hold_id, self.amount = escrow_id, hold_id, amount
         self.reserved = self.charged = self.uncaptured = 0
         self.state = _OPEN
-        self.expires_at = expires_at
-        self.reserve_until = opened_at + _RESERVE_FRACTION * life
-        self.settle_until = opened_at + _SETTLE_FRACTION * life
-        self.last_used = self.last_capture = time.monotonic()
+        self.charge_until = charge_until  # gate clock: no charge on this lease from then on
+        self.reserve_until = opened_at + _RESERVE_FRACTION * max(charge_until - opened_at, 0.0)
+        self.last_used = mono
         self.last_need = need
         self.low_mark = int(amount * low_water)
-        self.pending: CaptureIntent | None = None  # an intent sent but not confirmed (retried first)
-        self.successor_tried = 0.0
+        self.pending: CaptureIntent | None = None  # an intent made but not confirmed (re-sent with its key)
+        self.pending_oldest: float | None = None  # timer of the oldest charge in ``pending``
+        self.uncaptured_oldest: float | None = None  # timer of the oldest charge in no intent yet
+        self.sending = False  # a request for this lease is in flight (one at a time, in order)
+        self.retry_at = 0.0
+        self.successor_tried = -math.inf
 
     @property
     def available(self) -> int:
         return self.amount - self.reserved - self.charged
+
+    def oldest_unconfirmed(self) -> float | None:
+        times = [t for t in (self.pending_oldest, self.uncaptured_oldest) if t is not None]
+        return min(times) if times else None
+
+
+class _Remaining:
+    """An escrow's remaining as this process last saw it (guarded by LeaseSettlement._lock)."""
+
+    __slots__ = ("value", "in_flight", "started")
+
+    def __init__(self) -> None:
+        self.value: int | None = None  # micro-USDC
+        self.in_flight = 0  # requests on the escrow now in flight
+        self.started = 0  # requests on the escrow ever started
 
 
 @dataclass(eq=False)
@@ -194,7 +249,12 @@ class _LeaseReservation(Reservation):
 
 
 class LeaseSettlement(Settlement):
-    """See the module docstring."""
+    """See the module docstring.
+
+    ``now``: the gate's clock (epoch seconds; deadlines are placed on it through the client's
+    ServiceClock); ``timer``: a monotonic clock for intervals. ``background=False`` runs no
+    flusher thread and sends everything inline: the caller drives ``flush()`` (simulations).
+    """
 
     name = "lease"
 
@@ -205,35 +265,42 @@ class LeaseSettlement(Settlement):
         config: Lease | None = None,
         *,
         now: Callable[[], float] = time.time,
+        timer: Callable[[], float] = time.monotonic,
         settle_retries: int = 4,
-        on_fallback: Callable[[], None] | None = None,
+        background: bool = True,
     ):
         self.config = config or Lease()
         self._client = client
+        self._clock: ServiceClock = client.service_clock
         self._view = view
         self._now = now
+        self._timer = timer
         self._retries = settle_retries
-        self._per_call = PerCallSettlement(client, view, settle_retries=settle_retries, on_fallback=on_fallback)
+        self._per_call = PerCallSettlement(client, view, settle_retries=settle_retries)
         self._no_holds = False
         self._lock = threading.Lock()
-        self._flush_lock = threading.RLock()  # one sender of captures at a time; never taken on the hot path
+        self._sent = threading.Condition(self._lock)  # notified when a request for a lease is answered
+        self._replay_lock = threading.Lock()  # one replay at a time (start-up, or the flusher after an outage)
         self._current: dict[str, _LeaseState] = {}  # escrow -> the lease new calls reserve on
         self._leases: dict[str, _LeaseState] = {}  # hold -> every lease not yet closed
         self._by_escrow: dict[str, list[_LeaseState]] = {}  # the same, by escrow
         self._opening: dict[str, Future] = {}
-        self._seen_remaining: dict[str, int] = {}
+        self._remaining: dict[str, _Remaining] = {}  # escrow -> what its remaining is, as seen from here
         self._own_holds: set[str] = set()  # holds this process opened (replay leaves them alone)
         self._recovery_due = False
         self._closed = False
         self._cap = None if self.config.max_usdc is None else _micro(self.config.max_usdc)
         self.journal = Journal(self.config.journal, synchronous=self.config.synchronous)
-        if self.journal.durable:
-            self.recover()
         self._wake = threading.Event()
         self._stopping = False
-        self._tick = max(0.05, min(self.config.capture_interval_s / 2, self.config.idle_s / 2, 1.0))
-        self._flusher = threading.Thread(target=self._run, name="gate-lease-flusher", daemon=True)
-        self._flusher.start()
+        self._pool: ThreadPoolExecutor | None = None
+        self._flusher: threading.Thread | None = None
+        if self.journal.durable:
+            self.recover()
+        if background:
+            self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="gate-lease-send")
+            self._flusher = threading.Thread(target=self._run, name="gate-lease-flusher", daemon=True)
+            self._flusher.start()
 
     @property
     def uses_deduct(self) -> bool:
@@ -241,27 +308,40 @@ class LeaseSettlement(Settlement):
 
     # -- reserve (hot path: one lock, no network while a lease covers the call) ---------
 
-    def reserve(self, escrow_id: str, maximum: Decimal, reason: str, ttl_seconds: int, *, fresh: bool) -> Reservation:
+    def reserve(
+        self, escrow_id: str, maximum: Decimal, reason: str, ttl_seconds: int, *, fresh: bool,
+        expires_at: float | None = None,
+    ) -> Reservation:
+        per_call = self._per_call
         if self._no_holds:
-            return self._per_call.reserve(escrow_id, maximum, reason, ttl_seconds, fresh=fresh)
+            return per_call.reserve(escrow_id, maximum, reason, ttl_seconds, fresh=fresh)
         need = _micro(maximum)
         if need == 0:
             return _LeaseReservation(escrow_id, maximum, reason, None, lease=None, need=0)
         while True:
             if self._no_holds:
-                return self._per_call.reserve(escrow_id, maximum, reason, ttl_seconds, fresh=fresh)
+                return per_call.reserve(escrow_id, maximum, reason, ttl_seconds, fresh=fresh)
             with self._lock:
                 if self._closed:
                     raise ServiceUnavailable("This Space is shutting down")
+                serve_per_call = False
                 lease = self._current.get(escrow_id)
                 if lease is not None:
-                    if lease.available >= need and self._now() < lease.reserve_until:
+                    if not self._confirmed_recently(lease, self._timer()):
+                        serve_per_call = True  # the service is not confirming its captures: per call meanwhile
+                    elif lease.available >= need and self._now() < lease.reserve_until:
                         return self._take(lease, escrow_id, maximum, reason, need)
-                    self._retire(lease)
-                opening = self._opening.get(escrow_id)
-                mine = opening is None
-                if mine:
-                    opening = self._opening[escrow_id] = Future()
+                    else:
+                        self._retire(lease)
+                if not serve_per_call and not self._worth_a_lease(expires_at):
+                    serve_per_call = True  # the escrow expires too soon for a lease to be captured in time
+                if not serve_per_call:
+                    opening = self._opening.get(escrow_id)
+                    mine = opening is None
+                    if mine:
+                        opening = self._opening[escrow_id] = Future()
+            if serve_per_call:
+                return per_call.reserve(escrow_id, maximum, reason, ttl_seconds, fresh=fresh)
             if not mine:
                 try:
                     opening.result()
@@ -283,14 +363,35 @@ class LeaseSettlement(Settlement):
             with self._lock:
                 self._opening.pop(escrow_id, None)
             opening.set_result(None)
-            if reservation is None:  # the service has no holds route: per-call from now on
-                return self._per_call.reserve(escrow_id, maximum, reason, ttl_seconds, fresh=fresh)
+            if reservation is None:  # the service has no holds route, or the hold is too short-lived
+                return per_call.reserve(escrow_id, maximum, reason, ttl_seconds, fresh=fresh)
             return reservation
+
+    def _worth_a_lease(self, expires_at: float | None) -> bool:
+        """A hold opened now could charge for at least ``min_window_s`` before its deadline."""
+        return self._charge_deadline(self._now(), expires_at) - self._now() >= self.config.min_window_s
+
+    def _charge_deadline(self, sent_at: float, expires_at: float | None) -> float:
+        """The gate time after which no charge may be taken on a hold requested at ``sent_at``.
+
+        The hold lives ``hold_ttl_s`` from when the service made it (after ``sent_at``), unless its
+        escrow's expiry (``expires_at``, service clock) comes first; that is placed at the earliest
+        gate time the service's clock may reach it.
+        """
+        expiry = sent_at + self.config.hold_ttl_s
+        if expires_at is not None:
+            expiry = min(expiry, self._clock.earliest_local(expires_at))
+        return expiry - self.config.settle_margin_s
+
+    def _confirmed_recently(self, lease: _LeaseState, mono: float) -> bool:
+        """Under the lock: the lease's oldest unconfirmed charge (if any) is young enough to add more."""
+        oldest = lease.oldest_unconfirmed()
+        return oldest is None or mono - oldest < self.config.max_unconfirmed_s
 
     def _take(self, lease: _LeaseState, escrow_id: str, maximum: Decimal, reason: str, need: int) -> _LeaseReservation:
         """Under the lock: reserve ``need`` on the lease."""
         lease.reserved += need
-        lease.last_used = time.monotonic()
+        lease.last_used = self._timer()
         lease.last_need = need
         if lease.available < lease.low_mark:
             self._wake.set()
@@ -318,6 +419,9 @@ class LeaseSettlement(Settlement):
             same.remove(lease)
         if not same:
             self._by_escrow.pop(lease.escrow_id, None)
+            seen = self._remaining.get(lease.escrow_id)
+            if seen is not None and seen.in_flight == 0:  # learnt again from the next hold's answer
+                del self._remaining[lease.escrow_id]
 
     def _lease_size(self, need: int) -> int:
         size = need * self.config.calls
@@ -330,11 +434,11 @@ class LeaseSettlement(Settlement):
         amount = self._lease_size(need)
         for _attempt in range(4):
             try:
-                lease, remaining = self._open_hold(escrow_id, amount, need)
+                lease = self._open_hold(escrow_id, amount, need)
             except EscrowApiError as exc:
                 if exc.status == 405 or (exc.status == 404 and (fresh or self._view.escrow_exists(escrow_id))):
                     self._no_holds = True
-                    self._per_call._switch_to_deduct()  # says so in the log, once
+                    self._per_call.switch_to_deduct()  # says so in the log, once
                     return None
                 if exc.code != "insufficient_funds":
                     raise self._view.refusal(escrow_id, exc, maximum) from exc
@@ -349,40 +453,68 @@ class LeaseSettlement(Settlement):
                 amount = min(amount, left)
                 continue
             with self._lock:
+                self._track(lease)
+                if lease.charge_until - self._now() < self.config.min_window_s:
+                    # The escrow expires sooner than its cached facts said: not worth a lease.
+                    lease.state = _RETIRING
+                    self._wake.set()
+                    return None
                 old = self._current.get(escrow_id)
                 if old is not None:
                     self._retire(old)
                 self._current[escrow_id] = lease
-                self._track(lease)
-                if remaining is not None:
-                    self._seen_remaining[escrow_id] = remaining
                 return self._take(lease, escrow_id, maximum, reason, need)
         raise InsufficientFunds(escrow_id, maximum, None)
 
-    def _open_hold(self, escrow_id: str, amount: int, need: int) -> tuple[_LeaseState, int | None]:
-        """Open the hold of a new lease; returns it (not yet tracked) and the escrow's remaining after it.
-
-        Under the flush lock: this process's requests that move an escrow's remaining are then answered
-        in the order they were sent, so the remaining each answer reports is never older than the last.
-        """
+    def _open_hold(self, escrow_id: str, amount: int, need: int) -> _LeaseState:
+        """Open the hold of a new lease; returns it, not yet tracked."""
         ttl = self.config.hold_ttl_s
-        with self._flush_lock:
+        ticket = self._request_starts(escrow_id)
+        body: dict = {}
+        try:
             sent_at = self._now()
             body = self._client.open_hold(escrow_id, _usdc(amount), ttl, key=new_idempotency_key())
+            received_at = self._now()
             hold_id = body.get("hold_id")
             if not isinstance(hold_id, str) or not _HOLD_ID.fullmatch(hold_id):
                 log.warning("escrow service answered a hold without a usable hold_id")
                 raise ServiceUnavailable("The payment service gave an unusable answer")
-            expires_at = sent_at + ttl
-            try:
-                expires_at = min(expires_at, _parse_time(body.get("expires_at")))
-            except (TypeError, ValueError):
-                pass
-            with self._lock:
-                self._own_holds.add(hold_id)
-            self.journal.add_hold(hold_id, escrow_id, amount, expires_at, sent_at)
-        lease = _LeaseState(escrow_id, hold_id, amount, sent_at, expires_at, need, self.config.low_water)
-        return lease, _remaining_in(body)
+        finally:
+            self._request_ends(escrow_id, ticket, body, -amount if body else None)
+        try:
+            hold_expires_at = parse_service_time(body.get("expires_at"))
+        except ValueError:
+            hold_expires_at = None  # the TTL we asked for bounds it anyway
+        else:
+            self._clock.observe_at_least(hold_expires_at - ttl, received_at)
+        charge_until = self._charge_deadline(sent_at, hold_expires_at)
+        with self._lock:
+            self._own_holds.add(hold_id)
+        self.journal.add_hold(hold_id, escrow_id, amount, charge_until + self.config.settle_margin_s, sent_at)
+        return _LeaseState(escrow_id, hold_id, amount, sent_at, charge_until, need, self.config.low_water,
+                           self._timer())
+
+    def _request_starts(self, escrow_id: str) -> tuple[int, bool]:
+        """Before a request on the escrow: a ticket for ``_request_ends``."""
+        with self._lock:
+            seen = self._remaining.setdefault(escrow_id, _Remaining())
+            seen.started += 1
+            seen.in_flight += 1
+            return seen.started, seen.in_flight == 1
+
+    def _request_ends(self, escrow_id: str, ticket: tuple[int, bool], body: dict, delta: int | None) -> None:
+        """After it: a request that overlapped no other on this escrow tells its remaining as is; one that
+        overlapped others may have been applied before or after them, so only its own change (``delta``,
+        micro-USDC; None when unknown) is added. No lock is held across the request itself."""
+        remaining = _remaining_in(body) if body else None
+        with self._lock:
+            seen = self._remaining[escrow_id]
+            seen.in_flight -= 1
+            number, alone = ticket
+            if alone and seen.started == number and remaining is not None:
+                seen.value = remaining
+            elif seen.value is not None and delta is not None:
+                seen.value += delta
 
     # -- settle / release ---------------------------------------------------------------
 
@@ -400,7 +532,9 @@ class LeaseSettlement(Settlement):
                 lease.reserved -= r.need
             if micro == 0:
                 return self._receipt(r, None, 0)
-            if lease.state != _CLOSING and not self._closed and self._now() < lease.settle_until:
+            mono = self._timer()
+            if (lease.state != _CLOSING and not self._closed and self._now() < lease.charge_until
+                    and self._confirmed_recently(lease, mono)):
                 charge_id = new_charge_id()
                 try:
                     self.journal.add_charge(charge_id, lease.hold_id, r.escrow_id, micro, self._now())
@@ -411,6 +545,9 @@ class LeaseSettlement(Settlement):
                     ) from exc
                 lease.charged += micro
                 lease.uncaptured += micro
+                if lease.uncaptured_oldest is None:
+                    lease.uncaptured_oldest = mono
+                    self._wake.set()  # the flusher schedules this charge's capture
                 if lease.available < lease.low_mark or lease.state != _OPEN:
                     self._wake.set()
                 return self._receipt(r, charge_id, micro)
@@ -418,17 +555,15 @@ class LeaseSettlement(Settlement):
 
     def _receipt(self, r: _LeaseReservation, charge_id: str | None, micro: int) -> Receipt:
         """Under the lock."""
-        seen = self._seen_remaining.get(r.escrow_id)
+        seen = self._remaining.get(r.escrow_id)
         remaining = None
-        if seen is not None:
-            unused = sum(
-                max(lease.available, 0) for lease in self._by_escrow.get(r.escrow_id, ())
-            )
-            remaining = _usdc(seen + unused)
+        if seen is not None and seen.value is not None:
+            unused = sum(max(lease.available, 0) for lease in self._by_escrow.get(r.escrow_id, ()))
+            remaining = _usdc(seen.value + unused)
         return Receipt(r.escrow_id, charge_id, _usdc(micro), remaining, r.reason, "lease")
 
     def _settle_directly(self, r: _LeaseReservation, amount: Decimal) -> Receipt:
-        """The lease closed while the call ran: charge it on its own hold, captured now."""
+        """The lease cannot take this charge: charge it on its own hold, captured before the result is returned."""
         if self._closed:
             raise SettlementFailed(
                 r.escrow_id, f"The result was ready, but the Space is shutting down and cannot charge it. {NOT_CHARGED}"
@@ -458,61 +593,115 @@ class LeaseSettlement(Settlement):
     # -- the flusher --------------------------------------------------------------------
 
     def _run(self) -> None:
+        sleep = _MAX_SLEEP_S
         while True:
-            self._wake.wait(self._tick)
+            self._wake.wait(sleep)
             self._wake.clear()
             if self._stopping:
                 return
             try:
-                self.flush()
+                sleep = min(max(self._flush(close_all=False, inline=False), 0.01), _MAX_SLEEP_S)
             except Exception:  # never let the flusher die
                 log.exception("lease flush failed; retrying")
+                sleep = _MAX_SLEEP_S
 
-    def flush(self, *, close_all: bool = False) -> None:
-        """Capture what is due now (the flusher calls this; tests and close() may too)."""
-        with self._flush_lock:
-            now, mono = self._now(), time.monotonic()
-            if self._recovery_due:
+    def flush(self, *, close_all: bool = False) -> float:
+        """Send what is due now, in this thread, after what is in flight; returns seconds until the next due."""
+        with self._sent:
+            self._sent.wait_for(lambda: not any(lease.sending for lease in self._leases.values()), timeout=60)
+        return self._flush(close_all=close_all, inline=True)
+
+    def _flush(self, *, close_all: bool, inline: bool) -> float:
+        """The flusher sends from the pool (``inline=False``): a stalled escrow holds up no other."""
+        if self._recovery_due and self._replay_lock.acquire(blocking=False):
+            try:
                 self._recovery_due = not self._replay()
-            jobs: list[tuple[_LeaseState, CaptureIntent]] = []
-            preopen: list[_LeaseState] = []
-            with self._lock:
-                for lease in list(self._leases.values()):
-                    if lease.pending is not None:  # the previous capture first, in order
+            finally:
+                self._replay_lock.release()
+        now, mono = self._now(), self._timer()
+        interval, idle_s = self.config.capture_interval_s, self.config.idle_s
+        jobs: list[tuple[_LeaseState, CaptureIntent]] = []
+        preopen: list[_LeaseState] = []
+        next_due = math.inf
+        with self._lock:
+            for lease in list(self._leases.values()):
+                if lease.sending:
+                    continue
+                if lease.pending is not None:  # the previous capture first, in order, with its own key
+                    if close_all or mono >= lease.retry_at:
+                        lease.sending = True
                         jobs.append((lease, lease.pending))
-                        continue
-                    if lease.state == _CLOSING:
-                        continue
-                    final = (
-                        close_all
-                        or now >= lease.settle_until
-                        or (lease.reserved == 0 and lease.state == _RETIRING)
-                        or (lease.reserved == 0 and lease.available < lease.last_need)
-                        or (lease.reserved == 0 and mono - lease.last_used >= self.config.idle_s)
-                    )
-                    low = lease.available < lease.low_mark
-                    if final:
-                        if self._current.get(lease.escrow_id) is lease:
-                            del self._current[lease.escrow_id]
-                        lease.state = _CLOSING
-                    elif not (lease.uncaptured and (low or mono - lease.last_capture >= self.config.capture_interval_s)):
-                        if low and lease.state == _OPEN and not close_all:
-                            preopen.append(lease)
-                        continue
-                    intent = self.journal.add_intent(new_idempotency_key(), lease.hold_id, lease.escrow_id, final, now)
-                    lease.uncaptured = 0
-                    lease.last_capture = mono
-                    lease.pending = intent
-                    jobs.append((lease, intent))
-                    if low and lease.state == _OPEN and not close_all:
-                        preopen.append(lease)
-            for lease in preopen:  # first: calls may be waiting for it
-                self._open_successor(lease, mono)
-            for lease, intent in jobs:
-                self._send(lease, intent)
+                    else:
+                        next_due = min(next_due, lease.retry_at - mono)
+                    continue
+                if lease.state == _CLOSING:
+                    continue
+                idle_for = mono - lease.last_used
+                final = (
+                    close_all
+                    or now >= lease.charge_until
+                    or (lease.reserved == 0 and lease.state == _RETIRING)
+                    or (lease.reserved == 0 and lease.available < lease.last_need)
+                    or (lease.reserved == 0 and idle_for >= idle_s)
+                )
+                low = lease.available < lease.low_mark
+                due = lease.uncaptured_oldest is not None and (low or mono - lease.uncaptured_oldest >= interval)
+                if low and lease.state == _OPEN and not close_all:
+                    preopen.append(lease)
+                if not (final or due):
+                    next_due = min(next_due, lease.charge_until - now)
+                    if lease.uncaptured_oldest is not None:
+                        next_due = min(next_due, lease.uncaptured_oldest + interval - mono)
+                    if lease.reserved == 0:
+                        next_due = min(next_due, idle_s - idle_for)
+                    continue
+                if final:
+                    if self._current.get(lease.escrow_id) is lease:
+                        del self._current[lease.escrow_id]
+                    lease.state = _CLOSING
+                jobs.append((lease, self._make_intent(lease, final)))
+        for lease in preopen:  # first: calls may be waiting for it
+            self._dispatch(inline, self._open_successor, lease)
+        for lease, intent in jobs:
+            self._dispatch(inline, self._send_for, lease, intent)
+        return next_due
+
+    def _make_intent(self, lease: _LeaseState, final: bool) -> CaptureIntent:
+        """Under the lock: journal a capture of what the lease charged and no intent covers yet."""
+        intent = self.journal.add_intent(new_idempotency_key(), lease.hold_id, lease.escrow_id, final, self._now())
+        lease.uncaptured = 0
+        lease.pending = intent
+        lease.pending_oldest, lease.uncaptured_oldest = lease.uncaptured_oldest, None
+        lease.sending = True
+        return intent
+
+    def _dispatch(self, inline: bool, job: Callable, *args) -> None:
+        pool = self._pool
+        if pool is not None and not inline:
+            try:
+                pool.submit(job, *args)
+                return
+            except RuntimeError:  # shut down (close() is running): send inline
+                pass
+        job(*args)
+
+    def _send_for(self, lease: _LeaseState, intent: CaptureIntent) -> None:
+        try:
+            settled = self._send(lease, intent)
+        except Exception:
+            log.exception("sending a capture failed; retrying")
+            settled = False
+        with self._lock:
+            lease.sending = False
+            if not settled:
+                lease.retry_at = self._timer() + _RETRY_S
+            self._sent.notify_all()
+        self._wake.set()
 
     def _send(self, lease: _LeaseState | None, intent: CaptureIntent) -> bool:
         """Send one capture intent with its own key; True once it is settled (done or lost)."""
+        ticket = self._request_starts(intent.escrow_id)
+        body: dict = {}
         try:
             body = self._client.capture(
                 intent.escrow_id, intent.hold_id, _usdc(intent.amount_micro), key=intent.key, final=intent.final,
@@ -528,11 +717,22 @@ class LeaseSettlement(Settlement):
                 return True
             log.error("escrow service refused a capture (%s %s); retrying later", exc.status, exc.code)
             return False
+        finally:
+            self._request_ends(intent.escrow_id, ticket, body, self._returned_by(lease, intent) if body else None)
         self.journal.finish_intent(intent.key, "done")
         if intent.final:
             self.journal.close_hold(intent.hold_id)
-        self._forget_intent(lease, intent, remaining=_remaining_in(body))
+        self._forget_intent(lease, intent)
         return True
+
+    def _returned_by(self, lease: _LeaseState | None, intent: CaptureIntent) -> int | None:
+        """What a capture gives back to the escrow's remaining: a final one, the lease's unused rest."""
+        if not intent.final:
+            return 0
+        if lease is None:
+            return None  # a replayed hold: its size is in the journal, but not what earlier captures took
+        with self._lock:
+            return lease.amount - lease.charged
 
     def _lost(self, lease: _LeaseState | None, intent: CaptureIntent, exc: EscrowApiError) -> None:
         """The hold is gone (expired, or its escrow closed): its uncaptured charges went back to the buyer."""
@@ -555,24 +755,23 @@ class LeaseSettlement(Settlement):
                     self.journal.finish_intent(rest.key, "lost")
                     log.error("lost %s USDC more on hold %s", format_usdc(_usdc(rest.amount_micro)), lease.hold_id)
                     lease.uncaptured = 0
+                    lease.uncaptured_oldest = None
         self._forget_intent(lease, intent, closed=True)
 
-    def _forget_intent(
-        self, lease: _LeaseState | None, intent: CaptureIntent, closed: bool = False, remaining: int | None = None
-    ) -> None:
+    def _forget_intent(self, lease: _LeaseState | None, intent: CaptureIntent, closed: bool = False) -> None:
         with self._lock:
-            if remaining is not None:
-                self._seen_remaining[intent.escrow_id] = remaining
             if lease is None:
                 return
             if lease.pending is intent:
                 lease.pending = None
+                lease.pending_oldest = None
             if intent.final or closed:
                 self._untrack(lease)
 
-    def _open_successor(self, lease: _LeaseState, mono: float) -> None:
+    def _open_successor(self, lease: _LeaseState) -> None:
         """Below low water: open the next lease before calls need it (best effort, full size only)."""
         escrow_id = lease.escrow_id
+        mono = self._timer()
         with self._lock:
             if (self._closed or self._current.get(escrow_id) is not lease or escrow_id in self._opening
                     or mono - lease.successor_tried < self.config.capture_interval_s
@@ -580,9 +779,9 @@ class LeaseSettlement(Settlement):
                 return
             lease.successor_tried = mono
             opening = self._opening[escrow_id] = Future()
-        successor, remaining = None, None
+        successor = None
         try:
-            successor, remaining = self._open_hold(escrow_id, self._lease_size(lease.last_need), lease.last_need)
+            successor = self._open_hold(escrow_id, self._lease_size(lease.last_need), lease.last_need)
         except (EscrowApiError, GateError):
             successor = None  # the next call that needs it opens it (and reports any refusal)
         except Exception:
@@ -592,38 +791,35 @@ class LeaseSettlement(Settlement):
             with self._lock:
                 self._opening.pop(escrow_id, None)
                 if successor is not None:
-                    old = self._current.get(escrow_id)
-                    if old is not None:
-                        self._retire(old)
-                    self._current[escrow_id] = successor
                     self._track(successor)
-                    if remaining is not None:
-                        self._seen_remaining[escrow_id] = remaining
+                    if successor.charge_until - self._now() < self.config.min_window_s:
+                        successor.state = _RETIRING  # too short-lived to serve: closed by the flusher
+                    else:
+                        old = self._current.get(escrow_id)
+                        if old is not None:
+                            self._retire(old)
+                        self._current[escrow_id] = successor
             opening.set_result(None)
+            self._wake.set()
 
     def _close_retired(self, escrow_id: str) -> None:
         """Close this escrow's leases that take no new calls and have none in flight (frees their rest)."""
-        with self._flush_lock:
-            jobs = []
-            with self._lock:
-                for lease in list(self._leases.values()):
-                    if (lease.escrow_id == escrow_id and lease.state == _RETIRING and lease.reserved == 0
-                            and lease.pending is None):
-                        lease.state = _CLOSING
-                        intent = self.journal.add_intent(new_idempotency_key(), lease.hold_id, escrow_id, True,
-                                                         self._now())
-                        lease.uncaptured = 0
-                        lease.pending = intent
-                        jobs.append((lease, intent))
-            for lease, intent in jobs:
-                self._send(lease, intent)
+        jobs = []
+        with self._lock:
+            for lease in list(self._by_escrow.get(escrow_id, ())):
+                if (lease.state == _RETIRING and lease.reserved == 0 and lease.pending is None
+                        and not lease.sending):
+                    lease.state = _CLOSING
+                    jobs.append((lease, self._make_intent(lease, True)))
+        for lease, intent in jobs:
+            self._send_for(lease, intent)
 
     # -- recovery and shutdown ----------------------------------------------------------
 
     def recover(self) -> dict[str, int]:
         """Replay the journal: pending intents with their own keys, then close the holds still open."""
         before = self.journal.totals()
-        with self._flush_lock:
+        with self._replay_lock:
             self._recovery_due = not self._replay()
         after = self.journal.totals()
         recovered = after["captured"] - before["captured"]
@@ -639,7 +835,7 @@ class LeaseSettlement(Settlement):
         return {"recovered": recovered, "lost": lost, "pending": after["pending"] + after["unassigned"]}
 
     def _replay(self) -> bool:
-        """Under the flush lock: settle what earlier processes left; False if the service did not answer."""
+        """Under the replay lock: settle what earlier processes left; False if the service did not answer."""
         with self._lock:
             own = set(self._own_holds)
         for intent in self.journal.pending_intents():  # in order, each with its own key
@@ -661,8 +857,11 @@ class LeaseSettlement(Settlement):
             self._closed = True
         self._stopping = True
         self._wake.set()
-        if self._flusher is not threading.current_thread():
+        if self._flusher is not None and self._flusher is not threading.current_thread():
             self._flusher.join(30)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)  # what is in flight lands first; from here on, sent inline
+            self._pool = None
         try:
             for _ in range(3):
                 self.flush(close_all=True)
@@ -687,12 +886,3 @@ def _remaining_in(body: dict) -> int | None:
         return _micro(parse_usdc(body.get("remaining_usdc")))
     except ValueError:
         return None
-
-
-def _parse_time(value: Any) -> float:
-    if isinstance(value, str):
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=timezone.utc)
-        return moment.timestamp()
-    raise ValueError("not a time")

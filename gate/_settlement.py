@@ -2,7 +2,8 @@
 
 A strategy has a narrow interface, used by the gate and nothing else::
 
-    reserve(escrow_id, maximum, ttl_seconds) -> Reservation   # or raise a GateError: not charged
+    reserve(escrow_id, maximum, reason, ttl_seconds, *, fresh, expires_at) -> Reservation
+                                                               # or raise a GateError: not charged
     settle(reservation, amount) -> Receipt                     # or raise SettlementFailed
     release(reservation) -> None                               # void; never raises
     close() -> None                                            # release whatever is still held
@@ -18,13 +19,13 @@ from __future__ import annotations
 import logging
 import re
 import threading
-import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
 
+from ._clock import parse_service_time
 from .client import EscrowClient, new_idempotency_key
 from .errors import (
     NOT_CHARGED,
@@ -96,8 +97,11 @@ class Settlement(ABC):
     name: str
 
     @abstractmethod
-    def reserve(self, escrow_id: str, maximum: Decimal, reason: str, ttl_seconds: int, *, fresh: bool) -> Reservation:
-        """Set ``maximum`` aside on the escrow, or raise a GateError (nothing charged)."""
+    def reserve(
+        self, escrow_id: str, maximum: Decimal, reason: str, ttl_seconds: int, *, fresh: bool,
+        expires_at: float | None = None,
+    ) -> Reservation:
+        """Set ``maximum`` aside on the escrow (expiring at ``expires_at``, service clock), or raise a GateError."""
 
     @abstractmethod
     def settle(self, reservation: Reservation, amount: Decimal) -> Receipt:
@@ -123,12 +127,11 @@ class PerCallSettlement(Settlement):
         view: EscrowView,
         *,
         settle_retries: int = 4,
-        on_fallback: Callable[[], None] | None = None,
     ):
         self._client = client
+        self._clock = client.service_clock
         self._view = view
         self._settle_retries = settle_retries
-        self._on_fallback = on_fallback
         self._lock = threading.Lock()
         self._open: dict[int, Reservation] = {}
         self._hold_deadline: dict[str, float] = {}
@@ -140,15 +143,16 @@ class PerCallSettlement(Settlement):
 
     # -- reserve ------------------------------------------------------------------------
 
-    def reserve(self, escrow_id, maximum, reason, ttl_seconds, *, fresh) -> Reservation:
+    def reserve(self, escrow_id, maximum, reason, ttl_seconds, *, fresh, expires_at=None) -> Reservation:
         if self._deduct:
             return self._reserve_for_deduct(escrow_id, maximum, reason)
         amount = max(maximum, MICRO_USDC)  # a hold needs a positive amount
+        sent_at = self._clock.now()  # the hold is made after this, so it lives at least ttl_seconds from here
         try:
             body = self._client.open_hold(escrow_id, amount, ttl_seconds, key=new_idempotency_key())
         except EscrowApiError as exc:
             if self._holds_route_missing(escrow_id, exc, fresh):
-                self._switch_to_deduct()
+                self.switch_to_deduct()
                 return self._reserve_for_deduct(escrow_id, maximum, reason)
             raise self._view.refusal(escrow_id, exc, maximum) from exc
         hold_id = body.get("hold_id")
@@ -156,10 +160,16 @@ class PerCallSettlement(Settlement):
             log.warning("escrow service answered a hold without a usable hold_id")
             raise ServiceUnavailable("The payment service gave an unusable answer")
         reservation = Reservation(escrow_id, amount, reason, hold_id)
+        # Before this moment (gate clock) the hold cannot have expired on the service: it was made after
+        # sent_at with our TTL, unless its escrow's expiry came first (placed with the clocks' uncertainty).
+        deadline = sent_at + ttl_seconds
+        try:
+            deadline = min(deadline, self._clock.earliest_local(parse_service_time(body.get("expires_at"))))
+        except ValueError:
+            deadline = sent_at  # unreadable expiry: never infer a capture from hold_closed
         with self._lock:
             self._open[id(reservation)] = reservation
-            # Before this (monotonic) moment the hold cannot have expired on the service by itself.
-            self._hold_deadline[hold_id] = time.monotonic() + ttl_seconds - 1
+            self._hold_deadline[hold_id] = deadline
         return reservation
 
     def _holds_route_missing(self, escrow_id: str, exc: EscrowApiError, fresh: bool) -> bool:
@@ -170,7 +180,8 @@ class PerCallSettlement(Settlement):
             return False
         return fresh or self._view.escrow_exists(escrow_id)
 
-    def _switch_to_deduct(self) -> None:
+    def switch_to_deduct(self) -> None:
+        """The service has no holds route: settle by deduct from now on (said once in the log)."""
         with self._lock:
             first = not self._deduct
             self._deduct = True
@@ -179,8 +190,6 @@ class PerCallSettlement(Settlement):
                 "The escrow service has no holds route: this gate now settles by deduct once each "
                 "call has succeeded (a concurrent call may win the funds; that result is then withheld)."
             )
-            if self._on_fallback:
-                self._on_fallback()
 
     def _reserve_for_deduct(self, escrow_id, maximum, reason) -> Reservation:
         # Without holds nothing can be set aside: check the balance now (advisory; the
@@ -331,7 +340,7 @@ class PerCallSettlement(Settlement):
     def _captured_for_sure(self, r: Reservation) -> bool:
         with self._lock:
             deadline = self._hold_deadline.get(r.hold_id)
-        return deadline is not None and time.monotonic() < deadline
+        return deadline is not None and self._clock.now() < deadline
 
     def _forget(self, r: Reservation) -> None:
         with self._lock:

@@ -21,6 +21,7 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 
+from ._clock import ServiceClock
 from .errors import EscrowApiError, ServiceUnavailable
 from .money import format_usdc
 
@@ -50,6 +51,7 @@ class EscrowClient:
         retries: int = 2,
         backoff: float = 0.05,
         sleep: Callable[[float], None] = time.sleep,
+        service_clock: ServiceClock | None = None,
     ):
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ValueError("escrow_url must be an http(s) URL")
@@ -62,6 +64,8 @@ class EscrowClient:
         self.retries = retries
         self.backoff = backoff
         self._sleep = sleep
+        # Every answer's Date header tells how far the service's clock is from ours (gate._clock).
+        self.service_clock = service_clock or ServiceClock(time.time)
         self._session = requests.Session()
         # Never read proxies/.netrc from the environment: the seller's key goes to ESCROW_URL only.
         self._session.trust_env = False
@@ -136,6 +140,8 @@ class EscrowClient:
         data = json.dumps(body) if body is not None else None
         if data is not None:
             headers = {**(headers or {}), "Content-Type": "application/json"}
+        clock = self.service_clock
+        sent = clock.now()
         try:
             response = self._session.request(
                 method,
@@ -151,6 +157,7 @@ class EscrowClient:
         except (requests.RequestException, OSError) as exc:
             log.warning("escrow service unreachable on %s %s: %s", method, _route(path), type(exc).__name__)
             raise ServiceUnavailable() from exc
+        clock.observe_date(response.headers.get("Date"), sent, clock.now())
         status = response.status_code
         try:
             payload = json.loads(response.content, parse_float=Decimal) if response.content else None

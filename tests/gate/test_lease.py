@@ -220,7 +220,7 @@ def test_a_long_call_outliving_its_lease_is_charged_on_its_own_hold(market):
 
     @gate.paid(PRICE, reason="slow", receipt=True)
     def slow(text: str) -> str:
-        market.server.clock.tick(115)  # past 90 % of the lease's life while it runs
+        market.server.clock.tick(118)  # past the lease's charge deadline (hold TTL - settle margin)
         return text
 
     _, receipt = slow("x", escrow_id)
@@ -294,6 +294,7 @@ def test_restart_replays_the_journal_exactly_once(market, tmp_path, mode, caplog
     assert balance["remaining_usdc"] == Decimal("0.993")
     captures = [p for m, p in market.requests_for(escrow_id) if p.endswith("/capture")]
     assert len(captures) == captures_before + 1  # one replay (a resend with the same key in capture_then_die)
+    restarted.close()  # one open journal per file (gate/_journal.py)
     market.gate(settlement=Lease(journal=journal))  # and again: nothing left to do
     assert sum(1 for m, p in market.requests_for(escrow_id) if p.endswith("/capture")) == len(captures)
     balance = market.balance(escrow_id)

@@ -61,7 +61,8 @@ class EscrowServer:
         self.store = Store(db_path, clock=self.clock)
         self.request_log: list[tuple[str, str]] = []
         app = standalone_app(
-            self.store, holds=holds, latency_ms=latency_ms, sweep_interval_s=sweep_interval_s, close_store=False
+            self.store, holds=holds, latency_ms=latency_ms, sweep_interval_s=sweep_interval_s, close_store=False,
+            date_from_clock=True,
         )
         self._app = _RequestRecorder(app, self.request_log)
         self.port = _free_port()
@@ -83,7 +84,8 @@ class EscrowServer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", self.port))
         config = uvicorn.Config(
-            self._app, http="h11", ws="none", lifespan="on", log_level="warning", access_log=False
+            self._app, http="h11", ws="none", lifespan="on", log_level="warning", access_log=False,
+            date_header=False,  # the app sets Date from its FakeClock
         )
         server = uvicorn.Server(config)
         self._server = server
