@@ -9,6 +9,7 @@ Reserve the maximum price, run, charge what the call cost; a failed call costs n
 """
 
 from ._gate import EscrowGate
+from ._journal import JournalInUse
 from ._lease import Lease
 from ._settlement import Receipt
 from .errors import (
@@ -36,6 +37,7 @@ __all__ = [
     "InsufficientFunds",
     "InvalidEscrowId",
     "InvalidInput",
+    "JournalInUse",
     "Lease",
     "MissingEscrowId",
     "PerCall",

@@ -22,16 +22,51 @@ of the process (the WAL is written before ``COMMIT`` returns) but not across a
 power loss or kernel crash; ``FULL`` also fsyncs every commit (several times
 slower per charge). A path of ``None`` keeps the journal in memory: the same
 logic, nothing survives the process.
+
+One process per journal file: a journal with a path takes an exclusive OS lock
+(``flock``) on ``<path>.lock`` before it opens the database and keeps it until
+``close()``. A second ``Journal`` on the same path, in another process or in this
+one, is refused with :class:`JournalInUse` instead of replaying the first one's
+live leases (its start-up replay would final-capture them while the first keeps
+charging on them, and those charges would never be paid). The OS drops the lock
+when its holder dies, however it dies, so a restart after a crash replays as
+before. Where the platform has neither ``fcntl`` nor ``msvcrt`` the journal opens
+without a lock and logs a warning.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
+import os
 import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CaptureIntent", "Journal"]
+try:
+    import fcntl
+except ImportError:  # not POSIX
+    fcntl = None
+try:
+    import msvcrt
+except ImportError:  # not Windows
+    msvcrt = None
+
+__all__ = ["CaptureIntent", "Journal", "JournalInUse"]
+
+log = logging.getLogger("gate")
+
+#: Windows locks a byte range and nobody else may read it: lock a byte far past the pid text.
+_WINDOWS_LOCK_OFFSET = 1 << 20
+#: flock's answers where the file system cannot lock at all (some network file systems).
+_NO_LOCKS_HERE = {
+    getattr(errno, name) for name in ("ENOLCK", "EOPNOTSUPP", "ENOTSUP", "ENOSYS") if hasattr(errno, name)
+}
+
+
+class JournalInUse(RuntimeError):
+    """Another live Journal (another process, or another gate in this one) holds this journal file."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS holds (
@@ -85,24 +120,40 @@ class JournalHold:
 
 
 class Journal:
-    """Thread-safe; every method is one short transaction."""
+    """Thread-safe; every method is one short transaction.
+
+    With a path, the journal file is this object's alone until ``close()`` (see the module
+    docstring): opening it again while it is open raises :class:`JournalInUse`.
+    """
 
     def __init__(self, path: str | Path | None, *, synchronous: str = "NORMAL"):
         if synchronous not in ("NORMAL", "FULL"):
             raise ValueError("synchronous must be 'NORMAL' or 'FULL'")
         self.path = None if path is None else Path(path)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._lock_fd: int | None = None
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(
-            ":memory:" if self.path is None else str(self.path), isolation_level=None, check_same_thread=False
-        )
-        with self._lock:
-            if self.path is not None:
-                self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={synchronous}")
-            self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.executescript(_SCHEMA)
+            self._lock_fd = _lock_journal(self.path)  # before the database is opened, let alone replayed
+        try:
+            self._db = sqlite3.connect(
+                ":memory:" if self.path is None else str(self.path), isolation_level=None, check_same_thread=False
+            )
+            try:
+                with self._lock:
+                    if self.path is not None:
+                        self._db.execute("PRAGMA journal_mode=WAL")
+                    self._db.execute(f"PRAGMA synchronous={synchronous}")
+                    self._db.execute("PRAGMA busy_timeout=5000")
+                    self._db.executescript(_SCHEMA)
+            except BaseException:
+                self._db.close()
+                raise
+        except BaseException:
+            _unlock_journal(self._lock_fd)
+            self._lock_fd = None
+            raise
 
     @property
     def durable(self) -> bool:
@@ -227,6 +278,106 @@ class Journal:
         return row[0] if row else None
 
     def close(self) -> None:
+        """Close the database, then release the journal file to the next process (idempotent)."""
         with self._lock:
-            self._db.close()
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self._db.close()
+            finally:
+                _unlock_journal(self._lock_fd)
+                self._lock_fd = None
+
+
+# -- one process per journal file ----------------------------------------------------------
+
+
+def _lock_path(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
+def _lock_journal(path: Path) -> int | None:
+    """Take the journal's lock file: its open descriptor, None where this platform cannot lock.
+
+    Raises JournalInUse when another open Journal holds it.
+    """
+    lock_path = _lock_path(path)
+    if fcntl is None and msvcrt is None:
+        log.warning(
+            "this platform has no file locks: nothing stops a second process from opening the lease journal %s",
+            path,
+        )
+        return None
+    # Not inherited by programs this process starts (PEP 446); a fork() without exec shares it.
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o600)
+    try:
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            else:
+                os.lseek(fd, _WINDOWS_LOCK_OFFSET, os.SEEK_SET)
+                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError as exc:
+            if exc.errno in _NO_LOCKS_HERE:
+                log.warning(
+                    "the file system of %s has no file locks (%s): nothing stops a second process from opening "
+                    "this lease journal", path, exc.strerror,
+                )
+                os.close(fd)
+                return None
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK, errno.EDEADLK):
+                raise
+            raise JournalInUse(_in_use_message(path, _holder_pid(lock_path))) from None
+        # Ours: say who holds it, for the message a second process shows (best-effort).
+        try:
+            os.lseek(fd, 0, os.SEEK_SET)
+            if fcntl is not None:
+                os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".ljust(24).encode())  # padded: covers a longer pid left there
+        except OSError:
+            pass
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _unlock_journal(fd: int | None) -> None:
+    """Release the lock taken by _lock_journal (closing the descriptor releases it too)."""
+    if fd is None:
+        return
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        elif msvcrt is not None:
+            os.lseek(fd, _WINDOWS_LOCK_OFFSET, os.SEEK_SET)
+            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _holder_pid(lock_path: Path) -> int | None:
+    """The pid the lock's holder wrote into the lock file, if it can be read (it may not be written yet)."""
+    try:
+        with open(lock_path, "rb") as file:
+            text = file.read(32).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _in_use_message(path: Path, pid: int | None) -> str:
+    if pid is not None and pid == os.getpid():
+        return (
+            f"The lease journal {path} is already open in this process (pid {pid}): close the gate "
+            "that uses it first, or give this one its own journal file."
+        )
+    holder = "another process" if pid is None else f"another process (pid {pid})"
+    return (
+        f"The lease journal {path} is in use by {holder}: run one Space process per journal file, "
+        "or give this one its own DATA_DIR."
+    )
 
