@@ -33,7 +33,8 @@ import requests  # noqa: E402
 import uvicorn  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
 
-from gate import EscrowGate, GateError, Lease, PerCall  # noqa: E402
+from gate import EscrowGate, GateError, JournalInUse, Lease, PerCall  # noqa: E402
+from gate.money import to_usdc  # noqa: E402
 from models import DynamicBatcher, EmptyTextError, ModelLoadError, load_model  # noqa: E402
 from models import MAX_TEXT_CHARS  # noqa: E402
 from models import require_text as model_accepts  # noqa: E402
@@ -97,6 +98,10 @@ class SpaceConfig:
             raise ConfigError(
                 f"PRICE_PER_CALL_USDC must be a positive decimal number such as 0.001, not {raw_price!r}."
             )
+        try:  # what PerCall will charge: whole micro-USDC, at most MAX_USDC
+            price = to_usdc(raw_price, name="PRICE_PER_CALL_USDC")
+        except ValueError as exc:
+            raise ConfigError(f"{exc}.") from None
         host = env.get("GRADIO_SERVER_NAME", "").strip() or "127.0.0.1"
         raw_port = env.get("GRADIO_SERVER_PORT", "").strip() or "7860"
         if not raw_port.isdigit() or not 0 < int(raw_port) < 65536:
@@ -353,14 +358,20 @@ def create_space(config: SpaceConfig) -> tuple[FastAPI, dict[str, Any]]:
     # The journal lets a restarted Space capture what it earned but had not captured yet.
     settlement = Lease(journal=data_dir / JOURNAL_FILE) if config.settlement == "lease" else "per_call"
     log.info("Settlement: %s; data folder %s (%s)", config.settlement, data_dir, why)
-    if config.sandbox:
-        sandbox = start_sandbox(data_dir)
-        escrow_url = config.loopback_url + SANDBOX_PREFIX
-        gate = EscrowGate(escrow_url, sandbox.seller_key, seller_id=sandbox.seller_id, settlement=settlement)
-        log.info("Sandbox mode: no PF_API_KEY set. Sandbox escrow API at %s%s", config.public_url, SANDBOX_PREFIX)
-    else:
-        gate = EscrowGate.from_env(settlement=settlement)
-        log.info("Production mode: charging through the escrow service configured by ESCROW_URL/PF_API_KEY.")
+    try:
+        if config.sandbox:
+            sandbox = start_sandbox(data_dir)
+            escrow_url = config.loopback_url + SANDBOX_PREFIX
+            gate = EscrowGate(escrow_url, sandbox.seller_key, seller_id=sandbox.seller_id, settlement=settlement)
+            log.info("Sandbox mode: no PF_API_KEY set. Sandbox escrow API at %s%s", config.public_url, SANDBOX_PREFIX)
+        else:
+            gate = EscrowGate.from_env(settlement=settlement)
+            log.info("Production mode: charging through the escrow service configured by ESCROW_URL/PF_API_KEY.")
+    except JournalInUse as exc:
+        # Another Space process runs on this DATA_DIR: replaying its journal would close its live leases.
+        if sandbox:
+            sandbox.store.close()
+        raise ConfigError(str(exc)) from None
 
     try:
         model = load_model(config.model_id, allow_fallback=config.sandbox)

@@ -9,6 +9,8 @@ import requests
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
+from tests.support.processes import space_process
+
 PRICE = Decimal("0.001")
 
 
@@ -28,6 +30,26 @@ def test_pricing_names_the_seller_and_the_price(client, sandbox_space):
     assert Decimal(pricing["price_per_call_usdc"]) == PRICE
     assert pricing["mode"] == "sandbox"
     assert pricing["escrow_api"].endswith("/sandbox/api")
+
+
+@pytest.mark.parametrize(
+    "price,sentence",
+    [
+        # Used to start, advertise 0.0000001 and charge 0.000001 (10x) per call.
+        ("0.0000001", "PRICE_PER_CALL_USDC 0.0000001 has more than 6 decimals: "
+                      "USDC is charged in whole micro-USDC (0.000001)."),
+        ("1e20", "PRICE_PER_CALL_USDC is above 1000000000 USDC (got '1e20')."),
+        ("abc", "PRICE_PER_CALL_USDC must be a positive decimal number such as 0.001, not 'abc'."),
+    ],
+)
+def test_a_price_that_cannot_be_charged_as_listed_stops_the_space_with_one_sentence(tmp_path, price, sentence):
+    server = space_process(tmp_path, PRICE_PER_CALL_USDC=price)
+    with pytest.raises(RuntimeError):
+        server.start(timeout_s=90)
+    assert server.process.wait(30) == 1
+    output = server.log()
+    assert "Traceback" not in output
+    assert f"Cannot start the Space: {sentence}\n" in output
 
 
 def test_classify_by_argument_and_by_header_charges_the_escrow(sandbox_space, client, seller_id):
