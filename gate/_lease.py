@@ -51,7 +51,8 @@ its answer instead of applying them twice), then closes every hold that the
 journal still has open with a final capture of what was charged on it and not
 captured. Each step is journaled before it is sent, so a crash during replay
 is replayed again, still exactly once. One process per journal file: a second
-one is refused at start (``JournalInUse``, an OS file lock).
+one is refused at start (``JournalInUse``, an OS file lock), so it never replays
+(final-captures) the first one's live leases.
 
 Exposure (what a crash can cost the seller, then the buyer):
 - without a journal path (the default) the journal is in memory: a crash loses
@@ -453,7 +454,6 @@ class LeaseSettlement(Settlement):
                 amount = min(amount, left)
                 continue
             with self._lock:
-                self._track(lease)
                 if lease.charge_until - self._now() < self.config.min_window_s:
                     # The escrow expires sooner than its cached facts said: not worth a lease.
                     lease.state = _RETIRING
@@ -467,10 +467,9 @@ class LeaseSettlement(Settlement):
         raise InsufficientFunds(escrow_id, maximum, None)
 
     def _open_hold(self, escrow_id: str, amount: int, need: int) -> _LeaseState:
-        """Open the hold of a new lease; returns it, not yet tracked."""
+        """Open the hold of a new lease; returns it, tracked but not yet current."""
         ttl = self.config.hold_ttl_s
         ticket = self._request_starts(escrow_id)
-        body: dict = {}
         try:
             sent_at = self._now()
             body = self._client.open_hold(escrow_id, _usdc(amount), ttl, key=new_idempotency_key())
@@ -479,8 +478,10 @@ class LeaseSettlement(Settlement):
             if not isinstance(hold_id, str) or not _HOLD_ID.fullmatch(hold_id):
                 log.warning("escrow service answered a hold without a usable hold_id")
                 raise ServiceUnavailable("The payment service gave an unusable answer")
-        finally:
-            self._request_ends(escrow_id, ticket, body, -amount if body else None)
+        except BaseException:
+            with self._lock:
+                self._request_ended(escrow_id, ticket, {}, None)
+            raise
         try:
             hold_expires_at = parse_service_time(body.get("expires_at"))
         except ValueError:
@@ -491,30 +492,33 @@ class LeaseSettlement(Settlement):
         with self._lock:
             self._own_holds.add(hold_id)
         self.journal.add_hold(hold_id, escrow_id, amount, charge_until + self.config.settle_margin_s, sent_at)
-        return _LeaseState(escrow_id, hold_id, amount, sent_at, charge_until, need, self.config.low_water,
-                           self._timer())
+        lease = _LeaseState(escrow_id, hold_id, amount, sent_at, charge_until, need, self.config.low_water,
+                            self._timer())
+        with self._lock:  # its answer counts together with the lease it opened: receipts see both or neither
+            self._request_ended(escrow_id, ticket, body, -amount)
+            self._track(lease)
+        return lease
 
     def _request_starts(self, escrow_id: str) -> tuple[int, bool]:
-        """Before a request on the escrow: a ticket for ``_request_ends``."""
+        """Before a request on the escrow: a ticket for ``_request_ended``."""
         with self._lock:
             seen = self._remaining.setdefault(escrow_id, _Remaining())
             seen.started += 1
             seen.in_flight += 1
             return seen.started, seen.in_flight == 1
 
-    def _request_ends(self, escrow_id: str, ticket: tuple[int, bool], body: dict, delta: int | None) -> None:
-        """After it: a request that overlapped no other on this escrow tells its remaining as is; one that
-        overlapped others may have been applied before or after them, so only its own change (``delta``,
-        micro-USDC; None when unknown) is added. No lock is held across the request itself."""
+    def _request_ended(self, escrow_id: str, ticket: tuple[int, bool], body: dict, delta: int | None) -> None:
+        """Under the lock, after it: a request that overlapped no other on this escrow tells its remaining as is;
+        one that overlapped others may have been applied before or after them, so only its own change
+        (``delta``, micro-USDC; None when unknown) is added. No lock is held across the request itself."""
         remaining = _remaining_in(body) if body else None
-        with self._lock:
-            seen = self._remaining[escrow_id]
-            seen.in_flight -= 1
-            number, alone = ticket
-            if alone and seen.started == number and remaining is not None:
-                seen.value = remaining
-            elif seen.value is not None and delta is not None:
-                seen.value += delta
+        seen = self._remaining[escrow_id]
+        seen.in_flight -= 1
+        number, alone = ticket
+        if alone and seen.started == number and remaining is not None:
+            seen.value = remaining
+        elif seen.value is not None and delta is not None:
+            seen.value += delta
 
     # -- settle / release ---------------------------------------------------------------
 
@@ -718,21 +722,14 @@ class LeaseSettlement(Settlement):
             log.error("escrow service refused a capture (%s %s); retrying later", exc.status, exc.code)
             return False
         finally:
-            self._request_ends(intent.escrow_id, ticket, body, self._returned_by(lease, intent) if body else None)
+            if not body:
+                with self._lock:
+                    self._request_ended(intent.escrow_id, ticket, {}, None)
         self.journal.finish_intent(intent.key, "done")
         if intent.final:
             self.journal.close_hold(intent.hold_id)
-        self._forget_intent(lease, intent)
+        self._forget_intent(lease, intent, answered=(ticket, body))
         return True
-
-    def _returned_by(self, lease: _LeaseState | None, intent: CaptureIntent) -> int | None:
-        """What a capture gives back to the escrow's remaining: a final one, the lease's unused rest."""
-        if not intent.final:
-            return 0
-        if lease is None:
-            return None  # a replayed hold: its size is in the journal, but not what earlier captures took
-        with self._lock:
-            return lease.amount - lease.charged
 
     def _lost(self, lease: _LeaseState | None, intent: CaptureIntent, exc: EscrowApiError) -> None:
         """The hold is gone (expired, or its escrow closed): its uncaptured charges went back to the buyer."""
@@ -758,8 +755,15 @@ class LeaseSettlement(Settlement):
                     lease.uncaptured_oldest = None
         self._forget_intent(lease, intent, closed=True)
 
-    def _forget_intent(self, lease: _LeaseState | None, intent: CaptureIntent, closed: bool = False) -> None:
+    def _forget_intent(
+        self, lease: _LeaseState | None, intent: CaptureIntent, closed: bool = False,
+        answered: tuple[tuple[int, bool], dict] | None = None,
+    ) -> None:
         with self._lock:
+            if answered is not None:  # with the untracking below: receipts see the rest returned exactly once
+                ticket, body = answered
+                returned = 0 if not intent.final else (None if lease is None else lease.amount - lease.charged)
+                self._request_ended(intent.escrow_id, ticket, body, returned)
             if lease is None:
                 return
             if lease.pending is intent:
@@ -791,7 +795,6 @@ class LeaseSettlement(Settlement):
             with self._lock:
                 self._opening.pop(escrow_id, None)
                 if successor is not None:
-                    self._track(successor)
                     if successor.charge_until - self._now() < self.config.min_window_s:
                         successor.state = _RETIRING  # too short-lived to serve: closed by the flusher
                     else:

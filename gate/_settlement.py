@@ -136,6 +136,7 @@ class PerCallSettlement(Settlement):
         self._open: dict[int, Reservation] = {}
         self._hold_deadline: dict[str, float] = {}
         self._deduct = False  # set once the service turns out to have no holds route
+        self._closed = False
 
     @property
     def uses_deduct(self) -> bool:
@@ -211,7 +212,7 @@ class PerCallSettlement(Settlement):
         finally:
             self._forget(reservation)
 
-    def _capture(self, reservation: Reservation, amount: Decimal) -> Receipt:
+    def _capture(self, reservation: Reservation, amount: Decimal, *, first_hold: bool = True) -> Receipt:
         r = reservation
         try:
             body = self._client.capture(
@@ -219,10 +220,26 @@ class PerCallSettlement(Settlement):
             )
         except EscrowApiError as exc:
             self._void_quietly(r)
+            if exc.code == "hold_closed" and first_hold and amount > 0 and not self._closed:
+                # The hold expired while the call ran (a stream longer than its TTL): its output may be out
+                # already, so charge it on a fresh hold, captured now; the result is handed out only if that lands.
+                return self._capture_on_fresh_hold(r, amount, exc)
             raise self._settlement_refused(r, exc) from exc
         except ServiceUnavailable as exc:
             return self._resolve_unconfirmed_capture(r, amount, exc)
         return self._receipt(r, body, amount, "captured_usdc")
+
+    def _capture_on_fresh_hold(self, r: Reservation, amount: Decimal, cause: EscrowApiError) -> Receipt:
+        try:
+            fresh = self.reserve(r.escrow_id, amount, r.reason, 60, fresh=False)
+        except GateError as refusal:
+            raise SettlementFailed(
+                r.escrow_id, f"The result was ready, but its reservation had expired and {refusal.message}"
+            ) from cause
+        try:
+            return self._capture(fresh, amount, first_hold=False)
+        finally:
+            self._forget(fresh)
 
     def _resolve_unconfirmed_capture(self, r: Reservation, amount: Decimal, cause: Exception) -> Receipt:
         """The capture may or may not have gone through: ask the service by voiding."""
@@ -233,12 +250,15 @@ class PerCallSettlement(Settlement):
                 # Closed already: either our capture went through, or the hold expired (or its escrow did;
                 # a released escrow answers 410 for a hold closed by our capture). Replaying the capture
                 # with its own key tells which.
+                unknown = False
                 try:
                     body = self._client.capture(
                         r.escrow_id, r.hold_id, amount, key=r.capture_key, final=True, retries=1
                     )
-                except (EscrowApiError, ServiceUnavailable):
-                    pass
+                except EscrowApiError:
+                    pass  # its stored refusal: our capture was never applied
+                except ServiceUnavailable:
+                    unknown = True
                 else:
                     return self._receipt(r, body, amount, "captured_usdc")
                 if exc.code == "hold_closed" and self._captured_for_sure(r):
@@ -247,6 +267,13 @@ class PerCallSettlement(Settlement):
                     # closed because our capture went through. The buyer paid: hand the result out.
                     log.warning("capture on %s confirmed by hold_closed (its answer was lost)", r.hold_id)
                     return Receipt(r.escrow_id, r.hold_id, amount, None, r.reason, "hold")
+                if unknown:  # closed near its expiry and no answer to say whether by our capture
+                    raise SettlementFailed(
+                        r.escrow_id,
+                        "The result was ready, but the payment service stopped answering before the charge "
+                        f"was confirmed. If the charge was not recorded, you were not charged; "
+                        f"if it was, {format_usdc(amount)} USDC was paid for this withheld result.",
+                    ) from cause
             raise SettlementFailed(
                 r.escrow_id,
                 "The result was ready, but the payment service failed while it was being charged, "
@@ -350,6 +377,7 @@ class PerCallSettlement(Settlement):
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True  # a call finishing after this is not charged on a fresh hold
             still_open = list(self._open.values())
             self._open.clear()
         for reservation in still_open:
