@@ -86,7 +86,6 @@ from __future__ import annotations
 import logging
 import math
 import secrets
-import string
 import threading
 import time
 from collections.abc import Callable
@@ -113,7 +112,6 @@ __all__ = ["Lease", "LeaseSettlement"]
 
 log = logging.getLogger("gate")
 
-_ALPHANUMERICS = string.ascii_letters + string.digits
 _OPEN, _RETIRING, _CLOSING = "open", "retiring", "closing"
 _RESERVE_FRACTION = 0.75  # of a lease's charging window: new calls reserve on it only during this part
 _RETRY_S = 0.5  # an unconfirmed capture is re-sent (same key) at most this often
@@ -121,7 +119,7 @@ _MAX_SLEEP_S = 1.0
 
 
 def new_charge_id() -> str:
-    return "chg_" + "".join(secrets.choice(_ALPHANUMERICS) for _ in range(24))
+    return "chg_" + secrets.token_hex(12)  # one random read (24 secrets.choice calls were 24 syscalls)
 
 
 def _micro(amount: Decimal) -> int:
