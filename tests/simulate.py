@@ -301,7 +301,11 @@ class Schedule:
         self.log(f"settlement {self.settlement}, skew {self.skew:+.2f}s, flusher late by {self.flush_late}s")
         self.start_gate()
         escrows: list[str] = []
-        events = sorted((t0 + rng.uniform(0, horizon), i) for i in range(rng.randrange(5, 60)))
+        times = [t0 + rng.uniform(0, horizon) for _ in range(rng.randrange(5, 60))]
+        if self.down and rng.random() < 0.5:  # busy around an outage: where a lease's exposure shows
+            outage = rng.choice(self.down)
+            times += [outage.start + rng.uniform(-8, 40) for _ in range(rng.randrange(5, 40))]
+        events = sorted((at, i) for i, at in enumerate(times))
         self.clock.every(1.0, self.flush)
         self.clock.every(1.0, self.store.sweep)
         for at, _ in events:
