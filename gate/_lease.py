@@ -288,6 +288,7 @@ class LeaseSettlement(Settlement):
         self._own_holds: set[str] = set()  # holds this process opened (replay leaves them alone)
         self._recovery_due = False
         self._closed = False
+        self._probing = False
         self._cap = None if self.config.max_usdc is None else _micro(self.config.max_usdc)
         self.journal = Journal(self.config.journal, synchronous=self.config.synchronous)
         self._wake = threading.Event()
@@ -383,9 +384,14 @@ class LeaseSettlement(Settlement):
         return expiry - self.config.settle_margin_s
 
     def _confirmed_recently(self, lease: _LeaseState, mono: float) -> bool:
-        """Under the lock: the lease's oldest unconfirmed charge (if any) is young enough to add more."""
+        """Under the lock: the service answered lately and the lease's oldest unconfirmed charge (if any) is
+        young enough to add more. An outage stops charging within ``max_unconfirmed_s`` even on a lease with
+        nothing to capture: the flusher asks the service something while leases are open (``_heartbeat``)."""
+        window = self.config.max_unconfirmed_s
+        if self._now() - self._client.last_answer_at >= window:
+            return False
         oldest = lease.oldest_unconfirmed()
-        return oldest is None or mono - oldest < self.config.max_unconfirmed_s
+        return oldest is None or mono - oldest < window
 
     def _take(self, lease: _LeaseState, escrow_id: str, maximum: Decimal, reason: str, need: int) -> _LeaseReservation:
         """Under the lock: reserve ``need`` on the lease."""
@@ -662,11 +668,27 @@ class LeaseSettlement(Settlement):
                         del self._current[lease.escrow_id]
                     lease.state = _CLOSING
                 jobs.append((lease, self._make_intent(lease, final)))
+        if self._leases and not self._closed:
+            heartbeat = self.config.max_unconfirmed_s / 3
+            quiet = now - self._client.last_answer_at
+            if quiet >= heartbeat and not self._probing:
+                self._probing = True
+                self._dispatch(inline, self._heartbeat)
+            next_due = min(next_due, max(heartbeat - quiet, 0.0) if quiet < heartbeat else heartbeat)
         for lease in preopen:  # first: calls may be waiting for it
             self._dispatch(inline, self._open_successor, lease)
         for lease, intent in jobs:
             self._dispatch(inline, self._send_for, lease, intent)
         return next_due
+
+    def _heartbeat(self) -> None:
+        """Nothing answered lately while leases are open: ask the service (GET /me) whether it is up."""
+        try:
+            self._client.me()
+        except Exception:  # noqa: BLE001 - down: leases stop charging (``_confirmed_recently``)
+            pass
+        finally:
+            self._probing = False
 
     def _make_intent(self, lease: _LeaseState, final: bool) -> CaptureIntent:
         """Under the lock: journal a capture of what the lease charged and no intent covers yet."""

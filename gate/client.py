@@ -66,6 +66,8 @@ class EscrowClient:
         self._sleep = sleep
         # Every answer's Date header tells how far the service's clock is from ours (gate._clock).
         self.service_clock = service_clock or ServiceClock(time.time)
+        #: The gate-clock time of the service's latest answer (any status under 500): proof it was up then.
+        self.last_answer_at = -float("inf")
         self._session = requests.Session()
         # Never read proxies/.netrc from the environment: the seller's key goes to ESCROW_URL only.
         self._session.trust_env = False
@@ -157,8 +159,11 @@ class EscrowClient:
         except (requests.RequestException, OSError) as exc:
             log.warning("escrow service unreachable on %s %s: %s", method, _route(path), type(exc).__name__)
             raise ServiceUnavailable() from exc
-        clock.observe_date(response.headers.get("Date"), sent, clock.now())
+        received = clock.now()
+        clock.observe_date(response.headers.get("Date"), sent, received)
         status = response.status_code
+        if status < 500:
+            self.last_answer_at = received
         try:
             payload = json.loads(response.content, parse_float=Decimal) if response.content else None
         except ValueError as exc:
