@@ -296,8 +296,8 @@ class Schedule:
             self.service.windows.append(window)
             if kind == "down":
                 self.down.append(window)
-        for window in self.service.windows:
-            self.log(f"fault window {window}")
+        for w in self.service.windows:
+            self.log(f"fault window {w.kind} from {w.start - self.t0:.2f} to {w.end - self.t0:.2f} (delay {w.delay:.2f})")
         self.log(f"settlement {self.settlement}, skew {self.skew:+.2f}s, flusher late by {self.flush_late}s")
         self.start_gate()
         escrows: list[str] = []
@@ -328,7 +328,8 @@ class Schedule:
         settlement = None if self.gate is None else self.gate._settlement
         if not isinstance(settlement, LeaseSettlement):
             return 1.0
-        return min(max(settlement.flush(), 0.01), 1.0) + self.flush_late
+        # The flusher thread's own pass: it never waits for requests in flight (the public flush() does).
+        return min(max(settlement._flush(close_all=False, inline=True), 0.01), 1.0) + self.flush_late
 
     def open_escrow(self) -> str:
         ttl = self.rng.choice(TTLS)
