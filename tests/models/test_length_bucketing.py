@@ -141,4 +141,6 @@ def test_left_padding_keeps_each_texts_own_columns(tiny_model, counted, monkeypa
 def test_texts_of_one_length_run_as_one_pass(tiny_model, counted):
     predictions = tiny_model.predict_batch(["I love this, it is wonderful."] * 6)
     assert len(counted.shapes) == 1
-    assert len(set(predictions)) == 1
+    # One pass, one answer: rows of one batch may differ in the last float bits (BLAS blocking), no more.
+    assert len({p.label for p in predictions}) == 1
+    assert [p.score for p in predictions] == pytest.approx([predictions[0].score] * 6, abs=1e-4)
