@@ -327,7 +327,7 @@ class LeaseSettlement(Settlement):
                 serve_per_call = False
                 lease = self._current.get(escrow_id)
                 if lease is not None:
-                    if not self._confirmed_recently(lease, self._timer()):
+                    if not self._confirmed_recently(lease, self._timer()) and not self._await_capture(lease):
                         serve_per_call = True  # the service is not confirming its captures: per call meanwhile
                     elif lease.available >= need and self._now() < lease.reserve_until:
                         return self._take(lease, escrow_id, maximum, reason, need)
@@ -392,6 +392,14 @@ class LeaseSettlement(Settlement):
             return False
         oldest = lease.oldest_unconfirmed()
         return oldest is None or mono - oldest < window
+
+    def _await_capture(self, lease: _LeaseState) -> bool:
+        """Under the lock: a slow (not failed) capture is in flight on the lease: wait for its answer, at most
+        ``settle_margin_s``; True if the lease may charge again. Per call meanwhile would find its money held."""
+        if not lease.sending or self._now() - self._client.last_answer_at >= self.config.max_unconfirmed_s:
+            return False
+        self._sent.wait_for(lambda: not lease.sending, timeout=self.config.settle_margin_s)
+        return self._confirmed_recently(lease, self._timer())
 
     def _take(self, lease: _LeaseState, escrow_id: str, maximum: Decimal, reason: str, need: int) -> _LeaseReservation:
         """Under the lock: reserve ``need`` on the lease."""
@@ -536,10 +544,13 @@ class LeaseSettlement(Settlement):
             if r.done:
                 raise AssertionError("a reservation settled twice")
             r.done = True
-            if lease is not None:
-                lease.reserved -= r.need
             if micro == 0:
+                if lease is not None:
+                    lease.reserved -= r.need
                 return self._receipt(r, None, 0)
+            if not self._confirmed_recently(lease, self._timer()):
+                self._await_capture(lease)  # the lock is released meanwhile: our reservation still stands
+            lease.reserved -= r.need
             mono = self._timer()
             if (lease.state != _CLOSING and not self._closed and self._now() < lease.charge_until
                     and self._confirmed_recently(lease, mono)):
@@ -674,7 +685,7 @@ class LeaseSettlement(Settlement):
             if quiet >= heartbeat and not self._probing:
                 self._probing = True
                 self._dispatch(inline, self._heartbeat)
-            next_due = min(next_due, max(heartbeat - quiet, 0.0) if quiet < heartbeat else heartbeat)
+            next_due = min(next_due, heartbeat - quiet if quiet < heartbeat else heartbeat)
         for lease in preopen:  # first: calls may be waiting for it
             self._dispatch(inline, self._open_successor, lease)
         for lease, intent in jobs:

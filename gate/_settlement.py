@@ -226,7 +226,7 @@ class PerCallSettlement(Settlement):
                 return self._capture_on_fresh_hold(r, amount, exc)
             raise self._settlement_refused(r, exc) from exc
         except ServiceUnavailable as exc:
-            return self._resolve_unconfirmed_capture(r, amount, exc)
+            return self._resolve_unconfirmed_capture(r, amount, exc, first_hold=first_hold)
         return self._receipt(r, body, amount, "captured_usdc")
 
     def _capture_on_fresh_hold(self, r: Reservation, amount: Decimal, cause: EscrowApiError) -> Receipt:
@@ -241,7 +241,9 @@ class PerCallSettlement(Settlement):
         finally:
             self._forget(fresh)
 
-    def _resolve_unconfirmed_capture(self, r: Reservation, amount: Decimal, cause: Exception) -> Receipt:
+    def _resolve_unconfirmed_capture(
+        self, r: Reservation, amount: Decimal, cause: Exception, *, first_hold: bool = True
+    ) -> Receipt:
         """The capture may or may not have gone through: ask the service by voiding."""
         try:
             body = self._client.void(r.escrow_id, r.hold_id, key=new_idempotency_key(), retries=self._settle_retries)
@@ -255,8 +257,9 @@ class PerCallSettlement(Settlement):
                     body = self._client.capture(
                         r.escrow_id, r.hold_id, amount, key=r.capture_key, final=True, retries=1
                     )
-                except EscrowApiError:
-                    pass  # its stored refusal: our capture was never applied
+                except EscrowApiError as refused:  # its stored refusal: our capture was never applied
+                    if refused.code == "hold_closed" and first_hold and amount > 0 and not self._closed:
+                        return self._capture_on_fresh_hold(r, amount, refused)  # the hold expired under it
                 except ServiceUnavailable:
                     unknown = True
                 else:
