@@ -16,9 +16,12 @@ simply returns to the lease. Locally reserved + charged never exceeds the hold.
   (``gate._clock.ServiceClock``: skew costs margin, never money), less
   ``Lease.settle_margin_s`` for the final capture to arrive;
 - while the lease's oldest charge not yet confirmed by the service is younger
-  than ``Lease.max_unconfirmed_s`` (default ``capture_interval_s + 1``). When the
-  service stops confirming captures (down, slow, refusing), a lease stops taking
-  charges within that time; calls are then served per call (their own hold,
+  than ``Lease.max_unconfirmed_s`` (default ``capture_interval_s + 1``), and the
+  service answered something within that time (the flusher asks ``GET /me`` while
+  leases are open and nothing else was asked). When the service stops confirming
+  captures (down, refusing), a lease stops taking charges within that time (a
+  capture merely slow is waited for, up to ``settle_margin_s``); calls are then
+  served per call (their own hold,
   captured before the result is returned), which the service refuses while it
   is down: "not charged". The charges at risk in an outage are at most those
   of ``max_unconfirmed_s`` of calls per lease (and never more than the lease),
