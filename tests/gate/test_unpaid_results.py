@@ -28,6 +28,7 @@ import pytest
 import requests
 
 from gate import EscrowGate, GateError, Lease, PerCall
+from tests.support.audit import assert_none_served_late_in_outage
 from tests.support.fault_proxy import FaultProxy
 from tests.support.realtime_clock import RealTime
 
@@ -259,12 +260,9 @@ def test_an_outage_longer_than_the_hold_loses_at_most_the_unconfirmed_window(mar
             time.sleep(0.05)
         gate.close()
 
-    during = [o for o in calls.outcomes if down < o.started < outage_ended]
-    late = [o for o in during if o.started > outage_began + max_unconfirmed + interval + 0.25]
-    assert late, "no calls late in the outage"
-    served_late = [o for o in late if o.receipt is not None]
-    assert not served_late, (
-        f"{len(served_late)} results handed out more than {max_unconfirmed + interval} s into the outage"
+    during, late = assert_none_served_late_in_outage(
+        calls.outcomes, down=down, outage_began=outage_began, outage_ended=outage_ended,
+        window=max_unconfirmed + interval,
     )
     assert recovered, "no call was served after the service came back"
 
@@ -407,12 +405,10 @@ def test_per_call_never_reads_an_expired_hold_as_captured(market):
     assert_every_result_paid_once(market, calls, [escrow_id])
 
 
-@pytest.mark.fault
-def test_per_call_reads_hold_closed_as_captured_only_when_it_was(market):
-    """The other side of finding 6 (a control: it passed before too): the capture went through and
-    only its answers were lost, well within the hold's life: the result is handed out and paid."""
+def per_call_with_capture_answers_lost(market, *, hold_answer_late_s: float):
+    """One per_call call (hold TTL 2 s) whose hold's answer comes late and whose capture answers are all lost."""
     server, clock = market.server, market.server.clock
-    proxy = LateAnswers(server.port, clock, late_match=r"^POST /api/escrow/[^/]+/holds$", late_s=0.3)
+    proxy = LateAnswers(server.port, clock, late_match=r"^POST /api/escrow/[^/]+/holds$", late_s=hold_answer_late_s)
     proxy.add("drop_after", match=r"/capture$", times=None)
     gate = EscrowGate(proxy.url(), market.seller.api_key, seller_id=market.seller.agent_id, clock=clock,
                       settlement="per_call", hold_ttl_seconds=2, settle_retries=0)
@@ -423,6 +419,14 @@ def test_per_call_reads_hold_closed_as_captured_only_when_it_was(market):
     finally:
         gate.close()
         proxy.close()
+    return outcome, calls, escrow_id
+
+
+@pytest.mark.fault
+def test_per_call_reads_hold_closed_as_captured_only_when_it_was(market):
+    """The other side of finding 6 (a control: it passed before too): the capture went through and
+    only its answers were lost, well within the hold's life: the result is handed out and paid."""
+    outcome, calls, escrow_id = per_call_with_capture_answers_lost(market, hold_answer_late_s=0.3)
     assert outcome.receipt is not None, outcome.refusal
     assert_every_result_paid_once(market, calls, [escrow_id])
 
@@ -433,18 +437,7 @@ def test_per_call_capture_landed_near_expiry_says_it_may_have_been_charged(marke
     at once (0.8 s before the hold expires), every capture answer lost. The gate cannot tell an expired hold
     from its own capture there (Date has a 1 s resolution), so it withholds the result and says that it
     may have been charged: never a bare "not charged" for a charge the ledger shows."""
-    server, clock = market.server, market.server.clock
-    proxy = LateAnswers(server.port, clock, late_match=r"^POST /api/escrow/[^/]+/holds$", late_s=1.2)
-    proxy.add("drop_after", match=r"/capture$", times=None)
-    gate = EscrowGate(proxy.url(), market.seller.api_key, seller_id=market.seller.agent_id, clock=clock,
-                      settlement="per_call", hold_ttl_seconds=2, settle_retries=0)
-    calls = Calls()
-    try:
-        escrow_id = market.escrow("0.010")
-        outcome = calls.make(echo_on(gate), escrow_id, clock, "x")
-    finally:
-        gate.close()
-        proxy.close()
+    outcome, calls, escrow_id = per_call_with_capture_answers_lost(market, hold_answer_late_s=1.2)
     assert outcome.receipt is None
     assert "if it was, 0.001000 USDC was paid for this withheld result" in outcome.refusal
     assert market.balance(escrow_id)["spent_usdc"] in (Decimal("0"), Decimal("0.001"))

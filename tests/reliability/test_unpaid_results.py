@@ -21,7 +21,7 @@ import pytest
 
 from escrow import Store
 from gate import Lease
-from tests.support.audit import Ledger, micro
+from tests.support.audit import Ledger, assert_none_served_late_in_outage, micro
 from tests.support.processes import space_process
 from tests.support.realtime_clock import RealTime
 from tests.support.space import EscrowApi, classify_over_http, final_event
@@ -175,13 +175,8 @@ def test_an_outage_longer_than_the_hold_over_the_space(tmp_path, books, escrow_s
             stop.set()
             assert space.stop() in (0, -signal.SIGTERM), space.log()[-3000:]  # the gate settles what it owes
 
-    during = [o for o in outcomes if down < o.started < outage_ended]
-    late = [o for o in during if o.started > outage_began + max_unconfirmed + interval + 0.25]
-    assert late, "no calls late in the outage"
-    served_late = [o for o in late if o.receipt is not None]
-    assert not served_late, (
-        f"{len(served_late)} of {len(late)} results handed out more than {max_unconfirmed + interval} s into the outage"
-    )
+    assert_none_served_late_in_outage(outcomes, down=down, outage_began=outage_began, outage_ended=outage_ended,
+                                      window=max_unconfirmed + interval)
     assert recovered, "no call was served after the service came back"
     assert_refusals_say_not_charged(outcomes)
 

@@ -231,3 +231,16 @@ class Audit:
             "spent_micro": spent_total,
             "fees_micro": fees,
         }
+
+
+def assert_none_served_late_in_outage(outcomes, *, down: float, outage_began: float, outage_ended: float,
+                                      window: float) -> tuple[list, list]:
+    """No call started more than ``window`` s into the outage got a result (each outcome: .started, .receipt).
+
+    Returns the outcomes of the calls started during the outage, and of those started late in it."""
+    during = [o for o in outcomes if down < o.started < outage_ended]
+    late = [o for o in during if o.started > outage_began + window + 0.25]
+    assert late, "no calls late in the outage"
+    served_late = [o for o in late if o.receipt is not None]
+    assert not served_late, f"{len(served_late)} of {len(late)} results handed out more than {window} s into the outage"
+    return during, late
