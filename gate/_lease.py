@@ -14,7 +14,9 @@ simply returns to the lease. Locally reserved + charged never exceeds the hold.
 - before the lease's *charge deadline*: the earliest moment the hold may expire
   on the service, read on the service's clock with its uncertainty
   (``gate._clock.ServiceClock``: skew costs margin, never money), less
-  ``Lease.settle_margin_s`` for the final capture to arrive;
+  ``Lease.settle_margin_s`` for the final capture to arrive, less two of the
+  service's recent slowest round trips while it is slow (a capture in flight,
+  then the final one);
 - while the lease's oldest charge not yet confirmed by the service is younger
   than ``Lease.max_unconfirmed_s`` (default ``capture_interval_s + 1``), and the
   service answered something within that time (the flusher asks ``GET /me`` while
@@ -372,7 +374,7 @@ class LeaseSettlement(Settlement):
 
     def _worth_a_lease(self, expires_at: float | None) -> bool:
         """A hold opened now could charge for at least ``min_window_s`` before its deadline."""
-        return self._charge_deadline(self._now(), expires_at) - self._now() >= self.config.min_window_s
+        return self._charge_deadline(self._now(), expires_at) - self._slow() - self._now() >= self.config.min_window_s
 
     def _charge_deadline(self, sent_at: float, expires_at: float | None) -> float:
         """The gate time after which no charge may be taken on a hold requested at ``sent_at``.
@@ -385,6 +387,11 @@ class LeaseSettlement(Settlement):
         if expires_at is not None:
             expiry = min(expiry, self._clock.earliest_local(expires_at))
         return expiry - self.config.settle_margin_s
+
+    def _slow(self) -> float:
+        """Extra margin while the service is slow: two of its recent slowest round trips (a capture in
+        flight, then the final one, must both land before the hold expires)."""
+        return 2 * self._client.recent_round_trip
 
     def _confirmed_recently(self, lease: _LeaseState, mono: float) -> bool:
         """Under the lock: the service answered lately and the lease's oldest unconfirmed charge (if any) is
@@ -469,7 +476,7 @@ class LeaseSettlement(Settlement):
                 amount = min(amount, left)
                 continue
             with self._lock:
-                if lease.charge_until - self._now() < self.config.min_window_s:
+                if lease.charge_until - self._slow() - self._now() < self.config.min_window_s:
                     # The escrow expires sooner than its cached facts said: not worth a lease.
                     lease.state = _RETIRING
                     self._wake.set()
@@ -555,7 +562,7 @@ class LeaseSettlement(Settlement):
                 self._await_capture(lease)  # the lock is released meanwhile: our reservation still stands
             lease.reserved -= r.need
             mono = self._timer()
-            if (lease.state != _CLOSING and not self._closed and self._now() < lease.charge_until
+            if (lease.state != _CLOSING and not self._closed and self._now() < lease.charge_until - self._slow()
                     and self._confirmed_recently(lease, mono)):
                 charge_id = new_charge_id()
                 try:
@@ -640,7 +647,7 @@ class LeaseSettlement(Settlement):
                 self._recovery_due = not self._replay()
             finally:
                 self._replay_lock.release()
-        now, mono = self._now(), self._timer()
+        now, mono, slow = self._now(), self._timer(), self._slow()
         interval, idle_s = self.config.capture_interval_s, self.config.idle_s
         jobs: list[tuple[_LeaseState, CaptureIntent]] = []
         preopen: list[_LeaseState] = []
@@ -661,7 +668,7 @@ class LeaseSettlement(Settlement):
                 idle_for = mono - lease.last_used
                 final = (
                     close_all
-                    or now >= lease.charge_until
+                    or now >= lease.charge_until - slow
                     or (lease.reserved == 0 and lease.state == _RETIRING)
                     or (lease.reserved == 0 and lease.available < lease.last_need)
                     or (lease.reserved == 0 and idle_for >= idle_s)
@@ -671,7 +678,7 @@ class LeaseSettlement(Settlement):
                 if low and lease.state == _OPEN and not close_all:
                     preopen.append(lease)
                 if not (final or due):
-                    next_due = min(next_due, lease.charge_until - now)
+                    next_due = min(next_due, lease.charge_until - slow - now)
                     if lease.uncaptured_oldest is not None:
                         next_due = min(next_due, lease.uncaptured_oldest + interval - mono)
                     if lease.reserved == 0:
@@ -829,7 +836,7 @@ class LeaseSettlement(Settlement):
             with self._lock:
                 self._opening.pop(escrow_id, None)
                 if successor is not None:
-                    if successor.charge_until - self._now() < self.config.min_window_s:
+                    if successor.charge_until - self._slow() - self._now() < self.config.min_window_s:
                         successor.state = _RETIRING  # too short-lived to serve: closed by the flusher
                     else:
                         old = self._current.get(escrow_id)

@@ -68,6 +68,7 @@ class EscrowClient:
         self.service_clock = service_clock or ServiceClock(time.time)
         #: The gate-clock time of the service's latest answer (any status under 500): proof it was up then.
         self.last_answer_at = -float("inf")
+        self._slowest, self._slowest_at = 0.0, 0.0  # the slowest recent exchange, forgotten at 0.1 s a second
         self._session = requests.Session()
         # Never read proxies/.netrc from the environment: the seller's key goes to ESCROW_URL only.
         self._session.trust_env = False
@@ -144,6 +145,23 @@ class EscrowClient:
             headers = {**(headers or {}), "Content-Type": "application/json"}
         clock = self.service_clock
         sent = clock.now()
+        try:
+            return self._exchange(method, path, data, headers, sent)
+        finally:
+            self._note_duration(sent, clock.now())
+
+    @property
+    def recent_round_trip(self) -> float:
+        """The slowest exchange with the service lately, in seconds (a peak that decays 0.1 s per second)."""
+        return max(self._slowest - 0.1 * (self.service_clock.now() - self._slowest_at), 0.0)
+
+    def _note_duration(self, sent: float, done: float) -> None:
+        took = max(done - sent, 0.0)
+        if took >= self.recent_round_trip:
+            self._slowest, self._slowest_at = took, done
+
+    def _exchange(self, method: str, path: str, data: str | None, headers: dict | None, sent: float) -> dict:
+        clock = self.service_clock
         try:
             response = self._session.request(
                 method,
