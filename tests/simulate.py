@@ -289,12 +289,11 @@ class Schedule:
             start = t0 + rng.uniform(0, horizon)
             kind = rng.choice(("down", "down", "slow", "lossy"))
             length = rng.choice((0.5, 2.0, 6.0, 30.0, 150.0)) if kind == "down" else rng.uniform(0.5, 20)
-            window = Window(start - self.t0, start - self.t0 + length, kind,
-                            rng.uniform(0.01, 1.0) if kind == "slow" else 0.0)
-            window.start += self.t0
-            window.end += self.t0
+            window = Window(start, start + length, kind, rng.uniform(0.01, 1.0) if kind == "slow" else 0.0)
+            if any(w.start < window.end and window.start < w.end for w in self.service.windows):
+                continue  # one fault at a time: an outage's start is then the moment the service stops
             self.service.windows.append(window)
-            if kind == "down":
+            if kind in ("down", "lossy"):  # a lossy service is down for every call whose answer is lost
                 self.down.append(window)
         for w in self.service.windows:
             self.log(f"fault window {w.kind} from {w.start - self.t0:.2f} to {w.end - self.t0:.2f} (delay {w.delay:.2f})")
