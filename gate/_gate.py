@@ -578,7 +578,6 @@ def _gated(
             setattr(gated, attribute, getattr(fn, attribute))
     gated.__signature__ = spec.signature
     gated.__annotations__ = dict(spec.annotations)
-    gated.price = price
     return gated
 
 

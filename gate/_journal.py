@@ -272,11 +272,6 @@ class Journal:
             "unassigned": unassigned,
         }
 
-    def hold_of(self, charge_id: str) -> str | None:
-        with self._lock:
-            row = self._db.execute("SELECT hold_id FROM charges WHERE charge_id = ?", (charge_id,)).fetchone()
-        return row[0] if row else None
-
     def close(self) -> None:
         """Close the database, then release the journal file to the next process (idempotent)."""
         with self._lock:

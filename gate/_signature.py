@@ -36,7 +36,6 @@ class GatedSignature:
     keyword_only: tuple[str, ...]
     var_keyword: str | None
     request_param: str  # the wrapper parameter Gradio fills with gr.Request
-    request_is_gates: bool  # True when the gate added it (it is not passed on)
 
     def split(self, args: tuple, kwargs: dict) -> tuple[tuple, dict, Any, Any]:
         """(function args, function kwargs, escrow_id argument, gr.Request or None)."""
@@ -119,5 +118,4 @@ def build_signature(fn: Callable, *, keep_return: bool) -> GatedSignature:
         keyword_only=tuple(p.name for p in keyword_only),
         var_keyword=var_keyword.name if var_keyword else None,
         request_param=request_param,
-        request_is_gates=own_request is None,
     )

@@ -172,10 +172,10 @@ class EscrowClient:
                 allow_redirects=False,
             )
         except requests.Timeout as exc:
-            log.warning("escrow service timed out on %s %s", method, _route(path))
+            log.warning("escrow service timed out on %s %s", method, path)
             raise ServiceUnavailable("The payment service did not answer in time") from exc
         except (requests.RequestException, OSError) as exc:
-            log.warning("escrow service unreachable on %s %s: %s", method, _route(path), type(exc).__name__)
+            log.warning("escrow service unreachable on %s %s: %s", method, path, type(exc).__name__)
             raise ServiceUnavailable() from exc
         received = clock.now()
         clock.observe_date(response.headers.get("Date"), sent, received)
@@ -185,18 +185,18 @@ class EscrowClient:
         try:
             payload = json.loads(response.content, parse_float=Decimal) if response.content else None
         except ValueError as exc:
-            log.warning("escrow service sent non-JSON (%s) on %s %s", status, method, _route(path))
+            log.warning("escrow service sent non-JSON (%s) on %s %s", status, method, path)
             raise ServiceUnavailable() from exc
         if 200 <= status < 300:
             if not isinstance(payload, dict):
-                log.warning("escrow service sent a non-object (%s) on %s %s", status, method, _route(path))
+                log.warning("escrow service sent a non-object (%s) on %s %s", status, method, path)
                 raise ServiceUnavailable()
             return payload
         if status in _RETRYABLE_STATUS or status >= 500:
-            log.warning("escrow service error %s on %s %s", status, method, _route(path))
+            log.warning("escrow service error %s on %s %s", status, method, path)
             raise ServiceUnavailable()
         if 300 <= status < 400 or status < 200:
-            log.warning("escrow service answered %s on %s %s", status, method, _route(path))
+            log.warning("escrow service answered %s on %s %s", status, method, path)
             raise ServiceUnavailable()
         code, message = None, ""
         if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
@@ -204,8 +204,3 @@ class EscrowClient:
             code = err.get("code") if isinstance(err.get("code"), str) else None
             message = err.get("message") if isinstance(err.get("message"), str) else ""
         raise EscrowApiError(status, code, message)
-
-
-def _route(path: str) -> str:
-    """A path for logs (IDs kept: they are not secrets; the key and host never logged)."""
-    return path

@@ -28,9 +28,6 @@ _THOUSAND = Decimal(1000)
 class Price(ABC):
     """A price rule: the most a call may cost before it runs, what it cost after."""
 
-    #: True when the price is known before the call (max_price == actual_price).
-    fixed: bool = False
-
     @abstractmethod
     def max_price(self, args: tuple, kwargs: Mapping[str, Any]) -> Decimal:
         """The most this call can cost, rounded up to the micro-USDC."""
@@ -55,8 +52,6 @@ class PerCall(Price):
 
     At most 6 decimals (whole micro-USDC): ``PerCall("0.0000001")`` raises ValueError.
     """
-
-    fixed = True
 
     def __init__(self, price: str | int | Decimal):
         amount = to_usdc(price, name="price")
