@@ -212,23 +212,32 @@ _SCHEMA = """CREATE TABLE IF NOT EXISTS charges (
 _INSERT = "INSERT INTO charges (charge_id, hold_id, escrow_id, amount_micro, created_at) VALUES (?, ?, ?, ?, ?)"
 
 
-def sqlite_micro(n: int = 200) -> str:
-    """The journal's insert alone: autocommit INSERT, in memory vs WAL file (NORMAL), back to back vs 20 ms apart."""
-    import uuid
-
-    lines = [f"{'journal':<22} {'pace':<14} {'p50 ms':>8}  {'p90 ms':>8}"]
-    # A control with no SQLite: a fixed bit of pure Python (a uuid4 hex and a dict round trip).
+def _paced_rows(label: str, step, n: int) -> list[str]:
+    """``step()`` timed ``n`` times back to back, then ``n`` times 20 ms apart: one table row each."""
+    rows = []
     for pace_label, pause in (("back to back", 0.0), ("20 ms apart", PACED_WORK_MS / 1000)):
         samples = []
         for _ in range(n):
             if pause:
                 time.sleep(pause)
             started = time.perf_counter()
-            d = {"id": uuid.uuid4().hex}
-            d.update(amount=1000, at=time.time())
+            step()
             samples.append(time.perf_counter() - started)
-        lines.append(f"{'(control: no sqlite)':<22} {pace_label:<14} {percentile(samples, 50) * 1e3:>8.4f}  "
-                     f"{percentile(samples, 90) * 1e3:>8.4f}")
+        rows.append(f"{label:<22} {pace_label:<14} {percentile(samples, 50) * 1e3:>8.4f}  "
+                    f"{percentile(samples, 90) * 1e3:>8.4f}")
+    return rows
+
+
+def sqlite_micro(n: int = 200) -> str:
+    """The journal's insert alone: autocommit INSERT, in memory vs WAL file (NORMAL), back to back vs 20 ms apart."""
+    import uuid
+
+    def control() -> None:  # a fixed bit of pure Python, no SQLite: a uuid4 hex and a dict round trip
+        d = {"id": uuid.uuid4().hex}
+        d.update(amount=1000, at=time.time())
+
+    lines = [f"{'journal':<22} {'pace':<14} {'p50 ms':>8}  {'p90 ms':>8}"]
+    lines += _paced_rows("(control: no sqlite)", control, n)
     with tempfile.TemporaryDirectory(prefix="bench-sqlite-") as tmp:
         for label, target, pragmas in (
             ("memory", ":memory:", ()),
@@ -239,16 +248,9 @@ def sqlite_micro(n: int = 200) -> str:
             for pragma in pragmas:
                 db.execute(pragma)
             db.execute(_SCHEMA)
-            for pace_label, pause in (("back to back", 0.0), ("20 ms apart", PACED_WORK_MS / 1000)):
-                samples = []
-                for _ in range(n):
-                    if pause:
-                        time.sleep(pause)
-                    started = time.perf_counter()
-                    db.execute(_INSERT, (f"chg_{uuid.uuid4().hex}", "hld_x", "esc_x", 1000, time.time()))
-                    samples.append(time.perf_counter() - started)
-                lines.append(f"{label:<22} {pace_label:<14} {percentile(samples, 50) * 1e3:>8.4f}  "
-                             f"{percentile(samples, 90) * 1e3:>8.4f}")
+            lines += _paced_rows(
+                label, lambda: db.execute(_INSERT, (f"chg_{uuid.uuid4().hex}", "hld_x", "esc_x", 1000, time.time())), n
+            )
             db.close()
     return "\n".join(lines)
 
