@@ -219,11 +219,12 @@ class PerCallSettlement(Settlement):
                 r.escrow_id, r.hold_id, amount, key=r.capture_key, final=True, retries=self._settle_retries
             )
         except EscrowApiError as exc:
-            self._void_quietly(r)
             if exc.code == "hold_closed" and first_hold and amount > 0 and not self._closed:
                 # The hold expired while the call ran (a stream longer than its TTL): its output may be out
                 # already, so charge it on a fresh hold, captured now; the result is handed out only if that lands.
+                # (No void first: the hold is closed already.)
                 return self._capture_on_fresh_hold(r, amount, exc)
+            self._void_quietly(r)
             raise self._settlement_refused(r, exc) from exc
         except ServiceUnavailable as exc:
             return self._resolve_unconfirmed_capture(r, amount, exc, first_hold=first_hold)
