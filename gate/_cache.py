@@ -10,21 +10,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from cachetools import TTLCache
 
+from ._answers import EscrowFacts
+
 __all__ = ["EscrowFacts", "FactsCache"]
-
-
-@dataclass(frozen=True)
-class EscrowFacts:
-    """What the gate needs to know about an escrow before reserving on it."""
-
-    escrow_id: str
-    seller_id: str
-    status: str
-    expires_at: float | None  # epoch seconds
 
 
 class _NotFound:

@@ -99,10 +99,11 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
-from ._clock import ServiceClock, parse_service_time
+from ._clock import ServiceClock
 from ._journal import CaptureIntent, Journal
-from ._settlement import _HOLD_ID, EscrowView, PerCallSettlement, Receipt, Reservation, Settlement
-from .client import EscrowClient, new_idempotency_key
+from ._service import EscrowService
+from ._settlement import PerCallSettlement, Receipt, Reservation, Settlement
+from .client import new_idempotency_key
 from .errors import (
     NOT_CHARGED,
     EscrowApiError,
@@ -111,7 +112,7 @@ from .errors import (
     ServiceUnavailable,
     SettlementFailed,
 )
-from .money import MICRO_USDC, format_usdc, parse_usdc, round_up, to_usdc
+from .money import MICRO_USDC, format_usdc, round_up, to_usdc
 
 __all__ = ["Lease", "LeaseSettlement"]
 
@@ -264,23 +265,24 @@ class LeaseSettlement(Settlement):
 
     def __init__(
         self,
-        client: EscrowClient,
-        view: EscrowView,
+        service: EscrowService,
         config: Lease | None = None,
         *,
         now: Callable[[], float] = time.time,
         timer: Callable[[], float] = time.monotonic,
         settle_retries: int = 4,
+        per_call_hold_ttl_s: int = 300,
         background: bool = True,
     ):
         self.config = config or Lease()
-        self._client = client
-        self._clock: ServiceClock = client.service_clock
-        self._view = view
+        self._service = service
+        self._client = service.client
+        self._clock: ServiceClock = service.clock
         self._now = now
         self._timer = timer
         self._retries = settle_retries
-        self._per_call = PerCallSettlement(client, view, settle_retries=settle_retries)
+        # Calls a lease cannot serve (too short-lived escrows, outages, calls longer than a lease) go per call.
+        self._per_call = PerCallSettlement(service, hold_ttl_s=per_call_hold_ttl_s, settle_retries=settle_retries)
         self._no_holds = False
         self._lock = threading.Lock()
         self._sent = threading.Condition(self._lock)  # notified when a request for a lease is answered
@@ -308,24 +310,28 @@ class LeaseSettlement(Settlement):
             self._flusher.start()
 
     @property
-    def uses_deduct(self) -> bool:
-        return self._per_call.uses_deduct
+    def settles_by_deduct(self) -> bool:
+        return self._per_call.settles_by_deduct
 
     # -- reserve (hot path: one lock, no network while a lease covers the call) ---------
 
     def reserve(
-        self, escrow_id: str, maximum: Decimal, reason: str, ttl_seconds: int, *, fresh: bool,
-        expires_at: float | None = None,
+        self, escrow_id: str, maximum: Decimal, reason: str, *, fresh: bool,
+        expires_at: float | None = None, longest_call_s: float | None = None,
     ) -> Reservation:
-        per_call = self._per_call
-        if self._no_holds:
-            return per_call.reserve(escrow_id, maximum, reason, ttl_seconds, fresh=fresh)
+        def per_call() -> Reservation:
+            return self._per_call.reserve(escrow_id, maximum, reason, fresh=fresh, longest_call_s=longest_call_s)
+
+        if self._no_holds or not self._lease_can_outlast(longest_call_s):
+            return per_call()
+        # A call that may run long reserves only on a lease that can still take its charge when it ends.
+        last_start = math.inf if longest_call_s is None else -longest_call_s
         need = _micro(maximum)
         if need == 0:
             return _LeaseReservation(escrow_id, maximum, reason, None, lease=None, need=0)
         while True:
             if self._no_holds:
-                return per_call.reserve(escrow_id, maximum, reason, ttl_seconds, fresh=fresh)
+                return per_call()
             with self._lock:
                 if self._closed:
                     raise ServiceUnavailable("This Space is shutting down")
@@ -334,11 +340,12 @@ class LeaseSettlement(Settlement):
                 if lease is not None:
                     if not self._confirmed_recently(lease, self._timer()) and not self._await_capture(lease):
                         serve_per_call = True  # the service is not confirming its captures: per call meanwhile
-                    elif lease.available >= need and self._now() < lease.reserve_until:
+                    elif lease.available >= need and self._now() < min(lease.reserve_until,
+                                                                       lease.charge_until + last_start):
                         return self._take(lease, escrow_id, maximum, reason, need)
                     else:
                         self._retire(lease)
-                if not serve_per_call and not self._worth_a_lease(expires_at):
+                if not serve_per_call and not self._worth_a_lease(expires_at, longest_call_s or 0.0):
                     serve_per_call = True  # the escrow expires too soon for a lease to be captured in time
                 if not serve_per_call:
                     opening = self._opening.get(escrow_id)
@@ -346,7 +353,7 @@ class LeaseSettlement(Settlement):
                     if mine:
                         opening = self._opening[escrow_id] = Future()
             if serve_per_call:
-                return per_call.reserve(escrow_id, maximum, reason, ttl_seconds, fresh=fresh)
+                return per_call()
             if not mine:
                 try:
                     opening.result()
@@ -359,7 +366,7 @@ class LeaseSettlement(Settlement):
                     pass  # the opener's own problem; try again
                 continue
             try:
-                reservation = self._open_lease(escrow_id, maximum, reason, need, fresh)
+                reservation = self._open_lease(escrow_id, maximum, reason, need, fresh, longest_call_s or 0.0)
             except BaseException as exc:
                 with self._lock:
                     self._opening.pop(escrow_id, None)
@@ -369,12 +376,21 @@ class LeaseSettlement(Settlement):
                 self._opening.pop(escrow_id, None)
             opening.set_result(None)
             if reservation is None:  # the service has no holds route, or the hold is too short-lived
-                return per_call.reserve(escrow_id, maximum, reason, ttl_seconds, fresh=fresh)
+                return per_call()
             return reservation
 
-    def _worth_a_lease(self, expires_at: float | None) -> bool:
-        """A hold opened now could charge for at least ``min_window_s`` before its deadline."""
-        return self._charge_deadline(self._now(), expires_at) - self._slow() - self._now() >= self.config.min_window_s
+    def _lease_can_outlast(self, longest_call_s: float | None) -> bool:
+        """A fresh lease leaves a call of ``longest_call_s`` (None: unknown) time to end before its deadline."""
+        if longest_call_s is None:
+            return True
+        window = self.config.hold_ttl_s - self.config.settle_margin_s
+        return longest_call_s + self.config.min_window_s <= _RESERVE_FRACTION * window
+
+    def _worth_a_lease(self, expires_at: float | None, call_s: float) -> bool:
+        """A hold opened now could charge for at least ``min_window_s`` (plus the call's ``call_s``) before its
+        deadline."""
+        window = self._charge_deadline(self._now(), expires_at) - self._slow() - self._now()
+        return window >= self.config.min_window_s + call_s
 
     def _charge_deadline(self, sent_at: float, expires_at: float | None) -> float:
         """The gate time after which no charge may be taken on a hold requested at ``sent_at``.
@@ -452,32 +468,32 @@ class LeaseSettlement(Settlement):
             size = min(size, self._cap)
         return max(size, need)
 
-    def _open_lease(self, escrow_id, maximum, reason, need, fresh) -> _LeaseReservation | None:
+    def _open_lease(self, escrow_id, maximum, reason, need, fresh, call_s: float) -> _LeaseReservation | None:
         """Open a hold for a new lease and reserve ``need`` on it (the opener's own call)."""
         amount = self._lease_size(need)
         for _attempt in range(4):
             try:
                 lease = self._open_hold(escrow_id, amount, need)
             except EscrowApiError as exc:
-                if exc.status == 405 or (exc.status == 404 and (fresh or self._view.escrow_exists(escrow_id))):
+                if self._per_call.holds_route_missing(escrow_id, exc, fresh):
                     self._no_holds = True
                     self._per_call.switch_to_deduct()  # says so in the log, once
                     return None
                 if exc.code != "insufficient_funds":
-                    raise self._view.refusal(escrow_id, exc, maximum) from exc
+                    raise self._service.refusal(escrow_id, exc, maximum) from exc
                 # Not enough for a whole lease: free this Space's idle leases on it, then hold what remains.
                 self._close_retired(escrow_id)
-                remaining = self._view.remaining(escrow_id)
+                remaining = self._service.remaining(escrow_id)
                 if remaining is None:
-                    raise self._view.refusal(escrow_id, exc, maximum) from exc
+                    raise self._service.refusal(escrow_id, exc, maximum) from exc
                 left = _micro(remaining)
                 if left < need:
                     raise InsufficientFunds(escrow_id, maximum, remaining) from exc
                 amount = min(amount, left)
                 continue
             with self._lock:
-                if lease.charge_until - self._slow() - self._now() < self.config.min_window_s:
-                    # The escrow expires sooner than its cached facts said: not worth a lease.
+                if lease.charge_until - self._slow() - self._now() < self.config.min_window_s + call_s:
+                    # The escrow expires sooner than its cached facts said (or than this call may run).
                     lease.state = _RETIRING
                     self._wake.set()
                     return None
@@ -494,30 +510,23 @@ class LeaseSettlement(Settlement):
         ticket = self._request_starts(escrow_id)
         try:
             sent_at = self._now()
-            body = self._client.open_hold(escrow_id, _usdc(amount), ttl, key=new_idempotency_key())
+            hold = self._client.open_hold(escrow_id, _usdc(amount), ttl, key=new_idempotency_key())
             received_at = self._now()
-            hold_id = body.get("hold_id")
-            if not isinstance(hold_id, str) or not _HOLD_ID.fullmatch(hold_id):
-                log.warning("escrow service answered a hold without a usable hold_id")
-                raise ServiceUnavailable("The payment service gave an unusable answer")
         except BaseException:
             with self._lock:
-                self._request_ended(escrow_id, ticket, {}, None)
+                self._request_ended(escrow_id, ticket, None, None)
             raise
-        try:
-            hold_expires_at = parse_service_time(body.get("expires_at"))
-        except ValueError:
-            hold_expires_at = None  # the TTL we asked for bounds it anyway
-        else:
-            self._clock.observe_at_least(hold_expires_at - ttl, received_at)
-        charge_until = self._charge_deadline(sent_at, hold_expires_at)
+        hold_id = hold.hold_id
+        if hold.expires_at is not None:  # else the TTL we asked for bounds it anyway
+            self._clock.observe_at_least(hold.expires_at - ttl, received_at)
+        charge_until = self._charge_deadline(sent_at, hold.expires_at)
         with self._lock:
             self._own_holds.add(hold_id)
         self.journal.add_hold(hold_id, escrow_id, amount, charge_until + self.config.settle_margin_s, sent_at)
         lease = _LeaseState(escrow_id, hold_id, amount, sent_at, charge_until, need, self.config.low_water,
                             self._timer())
         with self._lock:  # its answer counts together with the lease it opened: receipts see both or neither
-            self._request_ended(escrow_id, ticket, body, -amount)
+            self._request_ended(escrow_id, ticket, hold.remaining, -amount)
             self._track(lease)
         return lease
 
@@ -529,11 +538,13 @@ class LeaseSettlement(Settlement):
             seen.in_flight += 1
             return seen.started, seen.in_flight == 1
 
-    def _request_ended(self, escrow_id: str, ticket: tuple[int, bool], body: dict, delta: int | None) -> None:
+    def _request_ended(
+        self, escrow_id: str, ticket: tuple[int, bool], answered: Decimal | None, delta: int | None
+    ) -> None:
         """Under the lock, after it: a request that overlapped no other on this escrow tells its remaining as is;
         one that overlapped others may have been applied before or after them, so only its own change
         (``delta``, micro-USDC; None when unknown) is added. No lock is held across the request itself."""
-        remaining = _remaining_in(body) if body else None
+        remaining = None if answered is None else _micro(answered)
         seen = self._remaining[escrow_id]
         seen.in_flight -= 1
         number, alone = ticket
@@ -542,7 +553,7 @@ class LeaseSettlement(Settlement):
         elif seen.value is not None and delta is not None:
             seen.value += delta
 
-    # -- settle / release ---------------------------------------------------------------
+    # -- settle / void ------------------------------------------------------------------
 
     def settle(self, reservation: Reservation, amount: Decimal) -> Receipt:
         if not isinstance(reservation, _LeaseReservation):
@@ -597,17 +608,13 @@ class LeaseSettlement(Settlement):
             raise SettlementFailed(
                 r.escrow_id, f"The result was ready, but the Space is shutting down and cannot charge it. {NOT_CHARGED}"
             )
-        try:
-            own = self._per_call.reserve(r.escrow_id, amount, r.reason, 60, fresh=False)
-        except GateError as refusal:
-            raise SettlementFailed(
-                r.escrow_id, f"The result was ready, but its reservation had lapsed and {refusal.message}"
-            ) from refusal
-        return self._per_call.settle(own, amount)
+        return self._per_call.charge_on_fresh_hold(
+            r.escrow_id, amount, r.reason, why="its reservation had lapsed", cause=None
+        )
 
-    def release(self, reservation: Reservation) -> None:
+    def void(self, reservation: Reservation) -> None:
         if not isinstance(reservation, _LeaseReservation):
-            self._per_call.release(reservation)
+            self._per_call.void(reservation)
             return
         with self._lock:
             if reservation.done or reservation.lease is None:
@@ -746,9 +753,9 @@ class LeaseSettlement(Settlement):
     def _send(self, lease: _LeaseState | None, intent: CaptureIntent) -> bool:
         """Send one capture intent with its own key; True once it is settled (done or lost)."""
         ticket = self._request_starts(intent.escrow_id)
-        body: dict = {}
+        settled = None
         try:
-            body = self._client.capture(
+            settled = self._client.capture(
                 intent.escrow_id, intent.hold_id, _usdc(intent.amount_micro), key=intent.key, final=intent.final,
                 retries=self._retries,
             )
@@ -763,13 +770,13 @@ class LeaseSettlement(Settlement):
             log.error("escrow service refused a capture (%s %s); retrying later", exc.status, exc.code)
             return False
         finally:
-            if not body:
+            if settled is None:
                 with self._lock:
-                    self._request_ended(intent.escrow_id, ticket, {}, None)
+                    self._request_ended(intent.escrow_id, ticket, None, None)
         self.journal.finish_intent(intent.key, "done")
         if intent.final:
             self.journal.close_hold(intent.hold_id)
-        self._forget_intent(lease, intent, answered=(ticket, body))
+        self._forget_intent(lease, intent, answered=(ticket, settled.remaining))
         return True
 
     def _lost(self, lease: _LeaseState | None, intent: CaptureIntent, exc: EscrowApiError) -> None:
@@ -798,13 +805,13 @@ class LeaseSettlement(Settlement):
 
     def _forget_intent(
         self, lease: _LeaseState | None, intent: CaptureIntent, closed: bool = False,
-        answered: tuple[tuple[int, bool], dict] | None = None,
+        answered: tuple[tuple[int, bool], Decimal | None] | None = None,
     ) -> None:
         with self._lock:
             if answered is not None:  # with the untracking below: receipts see the rest returned exactly once
-                ticket, body = answered
+                ticket, remaining = answered
                 returned = 0 if not intent.final else (None if lease is None else lease.amount - lease.charged)
-                self._request_ended(intent.escrow_id, ticket, body, returned)
+                self._request_ended(intent.escrow_id, ticket, remaining, returned)
             if lease is None:
                 return
             if lease.pending is intent:
@@ -924,9 +931,3 @@ class LeaseSettlement(Settlement):
             self._per_call.close()
             self.journal.close()
 
-
-def _remaining_in(body: dict) -> int | None:
-    try:
-        return _micro(parse_usdc(body.get("remaining_usdc")))
-    except ValueError:
-        return None

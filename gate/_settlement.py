@@ -2,47 +2,45 @@
 
 A strategy has a narrow interface, used by the gate and nothing else::
 
-    reserve(escrow_id, maximum, reason, ttl_seconds, *, fresh, expires_at) -> Reservation
-                                                               # or raise a GateError: not charged
-    settle(reservation, amount) -> Receipt                     # or raise SettlementFailed
-    release(reservation) -> None                               # void; never raises
-    close() -> None                                            # release whatever is still held
+    reserve(escrow_id, maximum, reason, *, fresh, expires_at, longest_call_s) -> Reservation
+                                            # or raise a GateError: not charged
+    settle(reservation, amount) -> Receipt  # or raise SettlementFailed: result withheld, not charged
+    void(reservation) -> None               # give the reservation back to the buyer; never raises
+    close() -> None                         # settle or void whatever is still open
+    settles_by_deduct: bool                 # the service turned out to have no holds route
 
-``PerCallSettlement`` opens one hold per call and captures it with
-``final: true`` (or, on a service without holds, deducts once the function
-succeeded). A lease strategy (one hold serving many calls, captured in
-batches) fits behind the same four methods.
+A strategy is built on the gate's ``EscrowService`` (``gate._service``: the
+typed client, the service's clock, the one refusal mapping) and calls nothing
+back in the gate. ``PerCallSettlement`` opens one hold per call and captures
+it with ``final: true`` (or, on a service without holds, deducts once the
+function succeeded); ``gate._lease.LeaseSettlement`` serves many calls from
+one hold and falls back to a ``PerCallSettlement`` of its own.
 """
 
 from __future__ import annotations
 
 import logging
-import re
+import math
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any
 
-from ._clock import parse_service_time
-from .client import EscrowClient, new_idempotency_key
-from .errors import (
-    NOT_CHARGED,
-    EscrowApiError,
-    GateError,
-    InsufficientFunds,
-    ServiceUnavailable,
-    SettlementFailed,
-)
-from .money import MICRO_USDC, format_usdc, parse_usdc
+from ._answers import Deduction, Settled
+from ._service import EscrowService
+from .client import new_idempotency_key
+from .errors import NOT_CHARGED, EscrowApiError, GateError, InsufficientFunds, ServiceUnavailable, SettlementFailed
+from .money import MICRO_USDC, format_usdc
 
 __all__ = ["PerCallSettlement", "Receipt", "Reservation", "Settlement"]
 
 log = logging.getLogger("gate")
 
-_HOLD_ID = re.compile(r"hold_[A-Za-z0-9]{20,40}", re.ASCII)
-_DEDUCTION_ID = re.compile(r"ded_[A-Za-z0-9]{20,40}", re.ASCII)
+#: Beyond the longest call a price names (``PerSecond(max_seconds=…)``), a per-call hold lives this
+#: much longer: the capture after the call has to land before the hold expires.
+CAPTURE_ALLOWANCE_S = 60
 
 
 @dataclass(frozen=True)
@@ -50,11 +48,11 @@ class Receipt:
     """What one successful call cost: the buyer's proof of payment."""
 
     escrow_id: str
-    charge_id: str | None  # the hold (per_call) or deduction the charge was settled on
+    charge_id: str | None  # the hold (per_call), the deduction, or the lease's charge (chg_…) it was settled on
     charged_usdc: Decimal
     remaining_usdc: Decimal | None  # the escrow's remaining balance right after the charge
     reason: str
-    settlement: str = "hold"  # "hold" or "deduct"
+    settlement: str = "hold"  # "hold", "deduct" or "lease"
 
     def as_dict(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """A JSON-able dict; money as strings with 6 decimals; ``extra`` never overrides a field."""
@@ -81,56 +79,54 @@ class Reservation:
     capture_key: str = field(default_factory=new_idempotency_key)
 
 
-class EscrowView(Protocol):
-    """What a strategy asks of the gate: fresh facts and the one refusal mapping."""
-
-    def escrow_exists(self, escrow_id: str) -> bool: ...
-
-    def remaining(self, escrow_id: str) -> Decimal | None: ...
-
-    def refusal(self, escrow_id: str, error: EscrowApiError, price: Decimal) -> GateError: ...
-
-
 class Settlement(ABC):
     """How reservations are made and settled; see the module docstring."""
 
     name: str
 
+    @property
+    def settles_by_deduct(self) -> bool:
+        """True once the service turned out to have no holds route (settling by deduct instead)."""
+        return False
+
     @abstractmethod
     def reserve(
-        self, escrow_id: str, maximum: Decimal, reason: str, ttl_seconds: int, *, fresh: bool,
-        expires_at: float | None = None,
+        self, escrow_id: str, maximum: Decimal, reason: str, *, fresh: bool,
+        expires_at: float | None = None, longest_call_s: float | None = None,
     ) -> Reservation:
-        """Set ``maximum`` aside on the escrow (expiring at ``expires_at``, service clock), or raise a GateError."""
+        """Set ``maximum`` aside on the escrow (which expires at ``expires_at``, service clock) for a call
+        that may run ``longest_call_s`` (None: unknown), or raise a GateError. ``fresh``: the escrow's
+        facts were just fetched (a 404 then means the service has no holds route)."""
 
     @abstractmethod
     def settle(self, reservation: Reservation, amount: Decimal) -> Receipt:
         """Charge ``amount`` (≤ the maximum) and close the reservation, or raise SettlementFailed."""
 
     @abstractmethod
-    def release(self, reservation: Reservation) -> None:
+    def void(self, reservation: Reservation) -> None:
         """Give the reservation back to the buyer; never raises."""
 
     @abstractmethod
     def close(self) -> None:
-        """Release every reservation still open."""
+        """Settle or void every reservation still open."""
 
 
 class PerCallSettlement(Settlement):
-    """One hold per call, captured with ``final: true``; falls back to deduct without holds."""
+    """One hold per call, captured with ``final: true``; falls back to deduct without holds.
+
+    ``hold_ttl_s``: the TTL of a hold for a call whose price names no longest call; a price that does
+    (``PerSecond(max_seconds=…)``) gets ``max_seconds + CAPTURE_ALLOWANCE_S`` when that is longer.
+    """
 
     name = "per_call"
 
-    def __init__(
-        self,
-        client: EscrowClient,
-        view: EscrowView,
-        *,
-        settle_retries: int = 4,
-    ):
-        self._client = client
-        self._clock = client.service_clock
-        self._view = view
+    def __init__(self, service: EscrowService, *, hold_ttl_s: int = 300, settle_retries: int = 4):
+        if isinstance(hold_ttl_s, bool) or not isinstance(hold_ttl_s, int) or hold_ttl_s < 1:
+            raise ValueError("the per-call hold TTL must be a positive int of seconds")
+        self._service = service
+        self._client = service.client
+        self._clock = service.clock
+        self.hold_ttl_s = hold_ttl_s
         self._settle_retries = settle_retries
         self._lock = threading.Lock()
         self._open: dict[int, Reservation] = {}
@@ -139,47 +135,51 @@ class PerCallSettlement(Settlement):
         self._closed = False
 
     @property
-    def uses_deduct(self) -> bool:
+    def settles_by_deduct(self) -> bool:
         return self._deduct
+
+    def ttl_for(self, longest_call_s: float | None) -> int:
+        """The TTL of a hold for a call that may run ``longest_call_s`` (None: unknown)."""
+        if longest_call_s is None:
+            return self.hold_ttl_s
+        return max(self.hold_ttl_s, math.ceil(longest_call_s) + CAPTURE_ALLOWANCE_S)
 
     # -- reserve ------------------------------------------------------------------------
 
-    def reserve(self, escrow_id, maximum, reason, ttl_seconds, *, fresh, expires_at=None) -> Reservation:
+    def reserve(self, escrow_id, maximum, reason, *, fresh, expires_at=None, longest_call_s=None) -> Reservation:
+        return self._reserve(escrow_id, maximum, reason, self.ttl_for(longest_call_s), fresh)
+
+    def _reserve(self, escrow_id: str, maximum: Decimal, reason: str, ttl_seconds: int, fresh: bool) -> Reservation:
         if self._deduct:
             return self._reserve_for_deduct(escrow_id, maximum, reason)
         amount = max(maximum, MICRO_USDC)  # a hold needs a positive amount
         sent_at = self._clock.now()  # the hold is made after this, so it lives at least ttl_seconds from here
         try:
-            body = self._client.open_hold(escrow_id, amount, ttl_seconds, key=new_idempotency_key())
+            hold = self._client.open_hold(escrow_id, amount, ttl_seconds, key=new_idempotency_key())
         except EscrowApiError as exc:
-            if self._holds_route_missing(escrow_id, exc, fresh):
+            if self.holds_route_missing(escrow_id, exc, fresh):
                 self.switch_to_deduct()
                 return self._reserve_for_deduct(escrow_id, maximum, reason)
-            raise self._view.refusal(escrow_id, exc, maximum) from exc
-        hold_id = body.get("hold_id")
-        if not isinstance(hold_id, str) or not _HOLD_ID.fullmatch(hold_id):
-            log.warning("escrow service answered a hold without a usable hold_id")
-            raise ServiceUnavailable("The payment service gave an unusable answer")
-        reservation = Reservation(escrow_id, amount, reason, hold_id)
+            raise self._service.refusal(escrow_id, exc, maximum) from exc
+        reservation = Reservation(escrow_id, amount, reason, hold.hold_id)
         # Before this moment (gate clock) the hold cannot have expired on the service: it was made after
         # sent_at with our TTL, unless its escrow's expiry came first (placed with the clocks' uncertainty).
-        deadline = sent_at + ttl_seconds
-        try:
-            deadline = min(deadline, self._clock.earliest_local(parse_service_time(body.get("expires_at"))))
-        except ValueError:
-            deadline = sent_at  # unreadable expiry: never infer a capture from hold_closed
+        # An unreadable expiry: never infer a capture from hold_closed.
+        deadline = sent_at if hold.expires_at is None else min(
+            sent_at + ttl_seconds, self._clock.earliest_local(hold.expires_at)
+        )
         with self._lock:
             self._open[id(reservation)] = reservation
-            self._hold_deadline[hold_id] = deadline
+            self._hold_deadline[hold.hold_id] = deadline
         return reservation
 
-    def _holds_route_missing(self, escrow_id: str, exc: EscrowApiError, fresh: bool) -> bool:
+    def holds_route_missing(self, escrow_id: str, exc: EscrowApiError, fresh: bool) -> bool:
         """A 404/405 on the holds route for an escrow that GET returns: the service has no holds."""
         if exc.status == 405:
             return True
         if exc.status != 404:
             return False
-        return fresh or self._view.escrow_exists(escrow_id)
+        return fresh or self._service.exists(escrow_id)
 
     def switch_to_deduct(self) -> None:
         """The service has no holds route: settle by deduct from now on (said once in the log)."""
@@ -195,7 +195,7 @@ class PerCallSettlement(Settlement):
     def _reserve_for_deduct(self, escrow_id, maximum, reason) -> Reservation:
         # Without holds nothing can be set aside: check the balance now (advisory; the
         # deduct after the call is the real, atomic check) so an empty escrow costs no compute.
-        remaining = self._view.remaining(escrow_id)
+        remaining = self._service.remaining(escrow_id)
         if remaining is not None and remaining < maximum:
             raise InsufficientFunds(escrow_id, maximum, remaining)
         return Reservation(escrow_id, maximum, reason, None)
@@ -212,42 +212,52 @@ class PerCallSettlement(Settlement):
         finally:
             self._forget(reservation)
 
-    def _capture(self, reservation: Reservation, amount: Decimal, *, first_hold: bool = True) -> Receipt:
-        r = reservation
-        try:
-            body = self._client.capture(
-                r.escrow_id, r.hold_id, amount, key=r.capture_key, final=True, retries=self._settle_retries
-            )
-        except EscrowApiError as exc:
-            if exc.code == "hold_closed" and first_hold and amount > 0 and not self._closed:
-                # The hold expired while the call ran (a stream longer than its TTL): its output may be out
-                # already, so charge it on a fresh hold, captured now; the result is handed out only if that lands.
-                # (No void first: the hold is closed already.)
-                return self._capture_on_fresh_hold(r, amount, exc)
-            self._void_quietly(r)
-            raise self._settlement_refused(r, exc) from exc
-        except ServiceUnavailable as exc:
-            return self._resolve_unconfirmed_capture(r, amount, exc, first_hold=first_hold)
-        return self._receipt(r, body, amount, "captured_usdc")
-
-    def _capture_on_fresh_hold(self, r: Reservation, amount: Decimal, cause: EscrowApiError) -> Receipt:
-        try:
-            fresh = self.reserve(r.escrow_id, amount, r.reason, 60, fresh=False)
+    def charge_on_fresh_hold(
+        self, escrow_id: str, amount: Decimal, reason: str, *, why: str, cause: Exception | None
+    ) -> Receipt:
+        """Charge a call whose own reservation is gone (``why``) on a fresh hold, captured before returning."""
+        try:  # captured right away: the hold needs to live only as long as a capture may take
+            fresh = self._reserve(escrow_id, amount, reason, CAPTURE_ALLOWANCE_S, False)
         except GateError as refusal:
-            raise SettlementFailed(
-                r.escrow_id, f"The result was ready, but its reservation had expired and {refusal.message}"
-            ) from cause
+            message = f"The result was ready, but {why} and {refusal.message}"
+            raise SettlementFailed(escrow_id, message) from (cause or refusal)
+        if fresh.hold_id is None:  # the service lost its holds route meanwhile
+            return self._settle_by_deduct(fresh, amount)
         try:
             return self._capture(fresh, amount, first_hold=False)
         finally:
             self._forget(fresh)
+
+    def _capture(self, reservation: Reservation, amount: Decimal, *, first_hold: bool = True) -> Receipt:
+        r = reservation
+        try:
+            settled = self._client.capture(
+                r.escrow_id, r.hold_id, amount, key=r.capture_key, final=True, retries=self._settle_retries
+            )
+        except EscrowApiError as exc:
+            if self._expired_under_the_call(exc, amount, first_hold):
+                # The hold expired while the call ran (a stream longer than its TTL): its output may be out
+                # already, so charge it on a fresh hold, captured now; the result is handed out only if that lands.
+                # (No void first: the hold is closed already.)
+                return self._recharge(r, amount, exc)
+            self._void_quietly(r)
+            raise self._service.refusal(r.escrow_id, exc, amount, ran=True) from exc
+        except ServiceUnavailable as exc:
+            return self._resolve_unconfirmed_capture(r, amount, exc, first_hold=first_hold)
+        return self._receipt(r, settled.hold_id, settled.captured, settled.remaining, amount)
+
+    def _expired_under_the_call(self, exc: EscrowApiError, amount: Decimal, first_hold: bool) -> bool:
+        return exc.code == "hold_closed" and first_hold and amount > 0 and not self._closed
+
+    def _recharge(self, r: Reservation, amount: Decimal, cause: Exception) -> Receipt:
+        return self.charge_on_fresh_hold(r.escrow_id, amount, r.reason, why="its reservation had expired", cause=cause)
 
     def _resolve_unconfirmed_capture(
         self, r: Reservation, amount: Decimal, cause: Exception, *, first_hold: bool = True
     ) -> Receipt:
         """The capture may or may not have gone through: ask the service by voiding."""
         try:
-            body = self._client.void(r.escrow_id, r.hold_id, key=new_idempotency_key(), retries=self._settle_retries)
+            voided = self._client.void(r.escrow_id, r.hold_id, key=new_idempotency_key(), retries=self._settle_retries)
         except EscrowApiError as exc:
             if exc.code in ("hold_closed", "escrow_closed"):
                 # Closed already: either our capture went through, or the hold expired (or its escrow did;
@@ -255,16 +265,16 @@ class PerCallSettlement(Settlement):
                 # with its own key tells which.
                 unknown = False
                 try:
-                    body = self._client.capture(
+                    settled = self._client.capture(
                         r.escrow_id, r.hold_id, amount, key=r.capture_key, final=True, retries=1
                     )
                 except EscrowApiError as refused:  # its stored refusal: our capture was never applied
-                    if refused.code == "hold_closed" and first_hold and amount > 0 and not self._closed:
-                        return self._capture_on_fresh_hold(r, amount, refused)  # the hold expired under it
+                    if self._expired_under_the_call(refused, amount, first_hold):
+                        return self._recharge(r, amount, refused)  # the hold expired under it
                 except ServiceUnavailable:
                     unknown = True
                 else:
-                    return self._receipt(r, body, amount, "captured_usdc")
+                    return self._receipt(r, settled.hold_id, settled.captured, settled.remaining, amount)
                 if exc.code == "hold_closed" and self._captured_for_sure(r):
                     # Only this gate touches its hold and it never voided it; an expired escrow
                     # answers 410, not hold_closed; the hold's TTL has not run out: so the hold
@@ -291,66 +301,43 @@ class PerCallSettlement(Settlement):
                 "was confirmed. If the charge was not recorded, you were not charged: the "
                 f"{format_usdc(r.maximum)} USDC reserved returns to your escrow when the hold expires.",
             ) from cause
-        captured = _amount(body, "captured_usdc")
-        if captured is not None and captured > 0:  # our capture had gone through after all
-            return self._receipt(r, body, captured, "captured_usdc")
+        if voided.captured is not None and voided.captured > 0:  # our capture had gone through after all
+            return self._receipt(r, voided.hold_id, voided.captured, voided.remaining, voided.captured)
         raise SettlementFailed(
             r.escrow_id,
             f"The result was ready, but the payment service failed while it was being charged. {NOT_CHARGED}",
         ) from cause
 
-    def _settlement_refused(self, r: Reservation, exc: EscrowApiError) -> SettlementFailed:
-        if exc.code == "escrow_closed" or exc.status == 410:
-            why = "the escrow was closed or expired while the call ran"
-        elif exc.code == "hold_closed" or exc.status == 409:
-            why = "the reservation expired or was released while the call ran"
-        else:
-            log.error("escrow service refused a settlement: %s %s", exc.status, exc.code)
-            why = "the payment service refused the charge"
-        return SettlementFailed(r.escrow_id, f"The result was ready, but {why}. {NOT_CHARGED}")
-
     def _settle_by_deduct(self, r: Reservation, amount: Decimal) -> Receipt:
         if amount <= 0:
             return Receipt(r.escrow_id, None, Decimal("0.000000"), None, r.reason, "deduct")
         try:
-            body = self._client.deduct(r.escrow_id, amount, r.reason, key=r.capture_key, retries=self._settle_retries)
+            deduction: Deduction = self._client.deduct(
+                r.escrow_id, amount, r.reason, key=r.capture_key, retries=self._settle_retries
+            )
         except EscrowApiError as exc:
-            if exc.code == "insufficient_funds":
-                raise SettlementFailed(
-                    r.escrow_id,
-                    f"The result was ready, but the escrow no longer holds {format_usdc(amount)} USDC "
-                    f"(another call used it first). {NOT_CHARGED}",
-                ) from exc
-            raise self._settlement_refused(r, exc) from exc
+            raise self._service.refusal(r.escrow_id, exc, amount, ran=True) from exc
         except ServiceUnavailable as exc:
             raise SettlementFailed(
                 r.escrow_id,
                 "The result was ready, but the payment service stopped answering before the charge "
                 "was confirmed. If the charge was not recorded, you were not charged.",
             ) from exc
-        receipt = self._receipt(r, body, amount, "amount_usdc", id_field="deduction_id")
-        return receipt
-
-    def _receipt(
-        self, r: Reservation, body: dict, amount: Decimal, charged_field: str, id_field: str = "hold_id"
-    ) -> Receipt:
-        # A 2xx means the money moved; fields we cannot read fall back to what we asked for.
-        charged = _amount(body, charged_field)
-        charge_id = body.get(id_field) if isinstance(body.get(id_field), str) else r.hold_id
-        if id_field == "deduction_id" and not (isinstance(charge_id, str) and _DEDUCTION_ID.fullmatch(charge_id)):
-            charge_id = None
         return Receipt(
-            escrow_id=r.escrow_id,
-            charge_id=charge_id,
-            charged_usdc=amount if charged is None else charged,
-            remaining_usdc=_amount(body, "remaining_usdc"),
-            reason=r.reason,
-            settlement="hold" if r.hold_id else "deduct",
+            r.escrow_id, deduction.deduction_id, amount if deduction.amount is None else deduction.amount,
+            deduction.remaining, r.reason, "deduct",
         )
 
-    # -- release ------------------------------------------------------------------------
+    @staticmethod
+    def _receipt(
+        r: Reservation, hold_id: str | None, charged: Decimal | None, remaining: Decimal | None, asked: Decimal
+    ) -> Receipt:
+        # A 2xx means the money moved; fields we cannot read fall back to what we asked for.
+        return Receipt(r.escrow_id, hold_id or r.hold_id, asked if charged is None else charged, remaining, r.reason, "hold")
 
-    def release(self, reservation: Reservation) -> None:
+    # -- void ---------------------------------------------------------------------------
+
+    def void(self, reservation: Reservation) -> None:
         if reservation.hold_id is None:
             return
         try:
@@ -386,10 +373,3 @@ class PerCallSettlement(Settlement):
             self._open.clear()
         for reservation in still_open:
             self._void_quietly(reservation)
-
-
-def _amount(body: Mapping[str, Any], name: str) -> Decimal | None:
-    try:
-        return parse_usdc(body.get(name))
-    except ValueError:
-        return None

@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import gradio as gr
 
-__all__ = ["GatedSignature", "build_signature"]
+__all__ = ["GatedSignature", "build_signature", "resolved_hints"]
 
 log = logging.getLogger("gate")
 
@@ -49,7 +49,7 @@ class GatedSignature:
         return fn_args, fn_kwargs, values[ESCROW_PARAM], values[self.request_param]
 
 
-def _resolved_hints(fn: Callable) -> dict[str, Any]:
+def resolved_hints(fn: Callable) -> dict[str, Any]:
     try:
         return typing.get_type_hints(fn)
     except Exception as exc:  # unresolvable string annotations: keep the ones that are objects
@@ -64,7 +64,7 @@ def build_signature(fn: Callable, *, keep_return: bool) -> GatedSignature:
         original = inspect.signature(fn)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"cannot gate {fn!r}: its signature cannot be read") from exc
-    hints = _resolved_hints(fn)
+    hints = resolved_hints(fn)
     params = list(original.parameters.values())
     names = {p.name for p in params}
     if ESCROW_PARAM in names:

@@ -4,7 +4,8 @@ One pooled ``requests.Session``; explicit (connect, read) timeouts; an
 ``Idempotency-Key`` on every POST, reused on its retries; retries with backoff
 only where safe. ``_send`` is the one place where transport failures become
 gate errors: everything that is not a usable answer is ServiceUnavailable,
-a well-formed error answer is EscrowApiError (the gate decides what it means).
+a well-formed error answer is EscrowApiError (``gate._service.refusal`` decides
+what it means for the buyer). Answers are parsed once, into ``gate._answers``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,18 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 
+from ._answers import (
+    Deduction,
+    EscrowFacts,
+    Hold,
+    Me,
+    Settled,
+    parse_deduction,
+    parse_escrow,
+    parse_hold,
+    parse_me,
+    parse_settled,
+)
 from ._clock import ServiceClock
 from .errors import EscrowApiError, ServiceUnavailable
 from .money import format_usdc
@@ -86,33 +99,33 @@ class EscrowClient:
 
     # -- the contract's calls ---------------------------------------------------------
 
-    def me(self) -> dict:
-        return self._request("GET", "/me")
+    def me(self) -> Me:
+        return parse_me(self._request("GET", "/me"))
 
-    def get_escrow(self, escrow_id: str) -> dict:
-        return self._request("GET", f"/escrow/{escrow_id}")
+    def get_escrow(self, escrow_id: str) -> EscrowFacts:
+        return parse_escrow(self._request("GET", f"/escrow/{escrow_id}"), escrow_id)
 
-    def open_hold(self, escrow_id: str, amount: Decimal, ttl_seconds: int, *, key: str) -> dict:
+    def open_hold(self, escrow_id: str, amount: Decimal, ttl_seconds: int, *, key: str) -> Hold:
         body = {"amount_usdc": format_usdc(amount), "ttl_seconds": int(ttl_seconds)}
-        return self._request("POST", f"/escrow/{escrow_id}/holds", body, key=key)
+        return parse_hold(self._request("POST", f"/escrow/{escrow_id}/holds", body, key=key))
 
     def capture(
         self, escrow_id: str, hold_id: str, amount: Decimal, *, key: str, final: bool = True,
         retries: int | None = None,
-    ) -> dict:
+    ) -> Settled:
         body = {"amount_usdc": format_usdc(amount), "final": final}
         path = f"/escrow/{escrow_id}/holds/{hold_id}/capture"
-        return self._request("POST", path, body, key=key, retries=retries)
+        return parse_settled(self._request("POST", path, body, key=key, retries=retries))
 
-    def void(self, escrow_id: str, hold_id: str, *, key: str, retries: int | None = None) -> dict:
+    def void(self, escrow_id: str, hold_id: str, *, key: str, retries: int | None = None) -> Settled:
         path = f"/escrow/{escrow_id}/holds/{hold_id}/void"
-        return self._request("POST", path, {}, key=key, retries=retries)
+        return parse_settled(self._request("POST", path, {}, key=key, retries=retries))
 
     def deduct(
         self, escrow_id: str, amount: Decimal, reason: str, *, key: str, retries: int | None = None
-    ) -> dict:
+    ) -> Deduction:
         body = {"amount_usdc": format_usdc(amount), "reason": reason}
-        return self._request("POST", f"/escrow/{escrow_id}/deduct", body, key=key, retries=retries)
+        return parse_deduction(self._request("POST", f"/escrow/{escrow_id}/deduct", body, key=key, retries=retries))
 
     def close(self) -> None:
         self._closed.set()

@@ -17,12 +17,15 @@
     Exception
      └── EscrowApiError             internal: a well-formed error answer of the escrow
                                     service (status, code); the gate turns it into one of
-                                    the above in ``gate._gate`` and never shows it to a buyer
+                                    the above in one place, ``EscrowService.refusal``
+                                    (``gate._service``), and never shows it to a buyer
 
 Transport failures (connection refused, timeouts, 5xx, non-JSON answers) are
-mapped to ServiceUnavailable in one place, ``EscrowClient._send``, with
+mapped to ServiceUnavailable in one place, ``EscrowClient._exchange``, with
 ``raise ... from exc``. Buyer-facing messages never contain the seller's key,
-a traceback or the escrow service's URL.
+a traceback or the escrow service's URL. The ASGI adapter (``gate._asgi``)
+answers each with an HTTP status: 402 payment, 422 input, 503 service, 500
+function.
 """
 
 from __future__ import annotations

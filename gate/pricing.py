@@ -46,6 +46,11 @@ class Price(ABC):
         """A short human description, e.g. for a Space's pricing line."""
         return type(self).__name__
 
+    @property
+    def longest_call_s(self) -> float | None:
+        """The longest a call at this price may run and still be charged in full (None: not limited)."""
+        return None
+
 
 class PerCall(Price):
     """A fixed price per successful call, charged exactly as listed.
@@ -186,3 +191,7 @@ class PerSecond(Price):
 
     def describe(self) -> str:
         return f"{self.rate} USDC per second (at most {self.max_seconds} s)"
+
+    @property
+    def longest_call_s(self) -> float:
+        return float(self.max_seconds)

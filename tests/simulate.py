@@ -229,19 +229,23 @@ class Schedule:
     def start_gate(self) -> None:
         lease = Lease(journal=self.journal)
 
-        def settlement(client, view):
+        hold_ttl_s = self.rng.choice((5, 30, 300))
+
+        def settlement(service):
             # Before the settlement exists: a lease's start-up replay already talks to the service.
+            client = service.client
             client._session.mount("http://escrow.sim/", self.service)
             client._sleep = self.clock.tick  # retry back-off passes simulated time
             if self.settlement == "per_call":
                 from gate._settlement import PerCallSettlement
 
-                return PerCallSettlement(client, view)
-            return LeaseSettlement(client, view, lease, now=self.gate_now, timer=self.clock.now, background=False)
+                return PerCallSettlement(service, hold_ttl_s=hold_ttl_s)
+            return LeaseSettlement(service, lease, now=self.gate_now, timer=self.clock.now, background=False,
+                                   per_call_hold_ttl_s=hold_ttl_s)
 
         gate = EscrowGate(URL, self.seller_key, seller_id=self.seller_id, clock=self.gate_now, timer=self.clock.now,
-                          settlement=settlement, hold_ttl_seconds=self.rng.choice((5, 30, 300)))
-        gate._background = _Inline()
+                          settlement=settlement)
+        gate._cashier._background = _Inline()
         self.gate = gate
         self.functions = self._functions(gate)
 

@@ -92,3 +92,23 @@ def module_escrow_server(tmp_path_factory):
     server = EscrowServer(tmp_path_factory.mktemp("escrow") / "escrow.db").start()
     yield server
     server.close()
+
+
+@pytest.fixture(scope="session")
+def served_app():
+    """One FastAPI app over real HTTP for the ASGI adapter's tests; each test adds its own routes."""
+    from tests.support.asgi_app import ServedApp
+
+    app = ServedApp().start()
+    yield app
+    app.close()
+
+
+@pytest.fixture(params=["gradio", "asgi"])
+def adapter(request):
+    """Each adapter in turn (tests/gate/adapters.py): the gate's contract holds for both."""
+    from .adapters import AsgiAdapter, GradioAdapter
+
+    if request.param == "gradio":
+        return GradioAdapter()
+    return AsgiAdapter(request.getfixturevalue("served_app"))

@@ -31,11 +31,11 @@ from .test_gate_unit import HOSTILE_IDS
 PRICE = PerCall("0.001")
 
 
-def test_happy_path_receipts_match_the_escrow(market):
+def test_happy_path_receipts_match_the_escrow(market, adapter):
     gate = market.gate(settlement="per_call")
     escrow_id = market.escrow("0.010")
 
-    @gate.paid(PRICE, reason="echo", receipt=True, receipt_extra={"model": "m1", "charged_usdc": "forged"})
+    @adapter.paid(gate, PRICE, reason="echo", receipt=True, receipt_extra={"model": "m1", "charged_usdc": "forged"})
     def echo(text: str) -> str:
         return text.upper()
 
@@ -60,14 +60,14 @@ def test_happy_path_receipts_match_the_escrow(market):
     assert balance["held_usdc"] == 0
 
 
-def test_64_concurrent_calls_on_an_escrow_covering_k_calls(market):
+def test_64_concurrent_calls_on_an_escrow_covering_k_calls(market, adapter):
     k = 10
     gate = market.gate(settlement="per_call", seller_id=market.seller.agent_id)
     escrow_id = market.escrow("0.010")
     ran = []
     start = threading.Barrier(64)
 
-    @gate.paid(PRICE, reason="echo", receipt=True)
+    @adapter.paid(gate, PRICE, reason="echo", receipt=True)
     def echo(text: str) -> str:
         ran.append(text)
         return text
@@ -92,11 +92,11 @@ def test_64_concurrent_calls_on_an_escrow_covering_k_calls(market):
     assert balance["spent_usdc"] == Decimal("0.010")
 
 
-def test_insufficient_funds_says_what_is_left(market):
+def test_insufficient_funds_says_what_is_left(market, adapter):
     gate = market.gate()
     escrow_id = market.escrow("0.0004")
 
-    @gate.paid(PRICE, reason="echo")
+    @adapter.paid(gate, PRICE, reason="echo")
     def echo(text: str) -> str:
         raise AssertionError("must not run")
 
@@ -108,11 +108,11 @@ def test_insufficient_funds_says_what_is_left(market):
     assert market.balance(escrow_id)["remaining_usdc"] == Decimal("0.0004")
 
 
-def test_function_failure_voids_the_hold(market, caplog):
+def test_function_failure_voids_the_hold(market, caplog, adapter):
     gate = market.gate(settlement="per_call")
     escrow_id = market.escrow("0.010")
 
-    @gate.paid(PRICE, reason="sentiment classification")
+    @adapter.paid(gate, PRICE, reason="sentiment classification")
     def broken(text: str) -> str:
         raise RuntimeError("model exploded at /srv/secret/path")
 
@@ -126,12 +126,12 @@ def test_function_failure_voids_the_hold(market, caplog):
     assert len(paths) == 2 and paths[0].endswith("/holds") and paths[1].endswith("/void")
 
 
-def test_service_down_refuses_without_running(market):
+def test_service_down_refuses_without_running(market, adapter):
     gate = market.gate(settlement="per_call")
     escrow_id = market.escrow("0.010")
     ran = []
 
-    @gate.paid(PRICE, reason="echo")
+    @adapter.paid(gate, PRICE, reason="echo")
     def echo(text: str) -> str:
         ran.append(text)
         return text
@@ -149,13 +149,13 @@ def test_service_down_refuses_without_running(market):
     assert market.balance(escrow_id)["spent_usdc"] == Decimal("0.001")
 
 
-def test_another_sellers_escrow_is_refused_and_negatively_cached(market):
+def test_another_sellers_escrow_is_refused_and_negatively_cached(market, adapter):
     gate = market.gate(seller_id=market.seller.agent_id)
     other = market.server.register("other seller")
     escrow_id = market.escrow("0.010", seller_id=other.agent_id)
     market.server.clear_log()
 
-    @gate.paid(PRICE, reason="echo")
+    @adapter.paid(gate, PRICE, reason="echo")
     def echo(text: str) -> str:
         raise AssertionError("must not run")
 
@@ -167,14 +167,14 @@ def test_another_sellers_escrow_is_refused_and_negatively_cached(market):
     assert market.balance(escrow_id)["remaining_usdc"] == Decimal("0.010")
 
 
-def test_the_buyers_own_key_cannot_charge_its_escrow(market):
+def test_the_buyers_own_key_cannot_charge_its_escrow(market, adapter):
     # The gate's key is the buyer's: GET succeeds (a party), but the seller is not this gate.
     gate = market.gate()
     gate_as_buyer = type(gate)(market.server.url, market.buyer.api_key, clock=market.server.clock)
     escrow_id = market.escrow("0.010")
     try:
 
-        @gate_as_buyer.paid(PRICE, reason="echo")
+        @adapter.paid(gate_as_buyer, PRICE, reason="echo")
         def echo(text: str) -> str:
             raise AssertionError("must not run")
 
@@ -186,11 +186,11 @@ def test_the_buyers_own_key_cannot_charge_its_escrow(market):
         gate_as_buyer.close()
 
 
-def test_expired_escrow_is_refused_from_the_cached_expiry(market):
+def test_expired_escrow_is_refused_from_the_cached_expiry(market, adapter):
     gate = market.gate(settlement="per_call", seller_id=market.seller.agent_id)
     escrow_id = market.escrow("0.010", ttl_seconds=30)
 
-    @gate.paid(PRICE, reason="echo")
+    @adapter.paid(gate, PRICE, reason="echo")
     def echo(text: str) -> str:
         return text
 
@@ -208,11 +208,11 @@ def test_expired_escrow_is_refused_from_the_cached_expiry(market):
     assert balance["spent_usdc"] == Decimal("0.001") and balance["refunded_usdc"] == Decimal("0.009")
 
 
-def test_closed_escrow_is_refused(market):
+def test_closed_escrow_is_refused(market, adapter):
     gate = market.gate(settlement="per_call", seller_id=market.seller.agent_id)
     escrow_id = market.escrow("0.010")
 
-    @gate.paid(PRICE, reason="echo")
+    @adapter.paid(gate, PRICE, reason="echo")
     def echo(text: str) -> str:
         return text
 
@@ -284,11 +284,11 @@ def test_hostile_ids_never_reach_the_service(market, escrow_id):
     assert market.server.request_log == []
 
 
-def test_unknown_escrow_lookups_are_negatively_cached(market):
+def test_unknown_escrow_lookups_are_negatively_cached(market, adapter):
     gate = market.gate(seller_id=market.seller.agent_id)
     unknown = "esc_" + "Q" * 24
 
-    @gate.paid(PRICE, reason="echo")
+    @adapter.paid(gate, PRICE, reason="echo")
     def echo(text: str) -> str:
         raise AssertionError("must not run")
 
@@ -303,11 +303,11 @@ def test_unknown_escrow_lookups_are_negatively_cached(market):
     assert len(market.server.request_log) == 2
 
 
-def test_per_token_charges_what_was_used(market):
+def test_per_token_charges_what_was_used(market, adapter):
     gate = market.gate(settlement="per_call")
     escrow_id = market.escrow("1")
 
-    @gate.paid(PerToken("0.01", "0.02", max_tokens=100), reason="generation", receipt=True)
+    @adapter.paid(gate, PerToken("0.01", "0.02", max_tokens=100), reason="generation", receipt=True)
     def generate(prompt: str) -> str:
         return "three little words"
 
@@ -318,12 +318,12 @@ def test_per_token_charges_what_was_used(market):
     assert balance["spent_usdc"] == Decimal("0.00008") and balance["held_usdc"] == 0
 
 
-def test_capture_failure_withholds_the_result_and_the_hold_expires_back(market):
-    gate = market.gate(settlement="per_call", hold_ttl_seconds=60)
+def test_capture_failure_withholds_the_result_and_the_hold_expires_back(market, adapter):
+    gate = market.gate(settlement="per_call", per_call_hold_ttl_s=60)
     gate._client.backoff = 0.001
     escrow_id = market.escrow("0.010")
 
-    @gate.paid(PRICE, reason="echo")
+    @adapter.paid(gate, PRICE, reason="echo")
     def echo(text: str) -> str:
         market.server.stop()  # the service dies while the function runs
         return text
@@ -341,12 +341,12 @@ def test_capture_failure_withholds_the_result_and_the_hold_expires_back(market):
     assert balance["remaining_usdc"] == Decimal("0.010")
 
 
-def test_close_voids_what_the_gate_still_holds(market):
+def test_close_voids_what_the_gate_still_holds(market, adapter):
     gate = market.gate(settlement="per_call")
     escrow_id = market.escrow("0.010")
     running, finish = threading.Event(), threading.Event()
 
-    @gate.paid(PRICE, reason="echo")
+    @adapter.paid(gate, PRICE, reason="echo")
     def slow(text: str) -> str:
         running.set()
         finish.wait(10)

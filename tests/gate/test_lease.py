@@ -14,15 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from gate import EscrowClosed, EscrowExpired, FunctionFailed, GateError, InsufficientFunds, Lease, PerCall
+from gate import EscrowClosed, EscrowExpired, FunctionFailed, GateError, InsufficientFunds, Lease, PerCall, PerSecond
+
+from .adapters import GradioAdapter
 
 PRICE = PerCall("0.001")
 ROOT = Path(__file__).resolve().parents[2]
 CHARGE_ID = re.compile(r"chg_[A-Za-z0-9]{24}")
 
 
-def echo_on(gate, **paid):
-    @gate.paid(PRICE, reason="echo", receipt=True, **paid)
+def echo_on(gate, adapter=GradioAdapter(), **paid):
+    @adapter.paid(gate, PRICE, reason="echo", receipt=True, **paid)
     def echo(text: str) -> str:
         if text == "fail":
             raise RuntimeError("boom")
@@ -36,9 +38,9 @@ def captured_on_service(market, escrow_id) -> Decimal:
     return market.balance(escrow_id)["spent_usdc"]
 
 
-def test_lease_is_the_default_and_sequential_receipts_are_exact(market):
+def test_lease_is_the_default_and_sequential_receipts_are_exact(market, adapter):
     gate = market.gate()
-    echo = echo_on(gate)
+    echo = echo_on(gate, adapter)
     escrow_id = market.escrow("1")
     market.server.clear_log()
     n = 200
@@ -59,10 +61,10 @@ def test_lease_is_the_default_and_sequential_receipts_are_exact(market):
     market.server.store.check_invariants()
 
 
-def test_failed_call_costs_nothing_and_returns_its_reservation(market):
+def test_failed_call_costs_nothing_and_returns_its_reservation(market, adapter):
     # low_water=0: no early renewal while a failing call holds the lease's last call (a legitimate second hold)
     gate = market.gate(settlement=Lease(calls=2, low_water=0))  # the lease covers exactly two calls
-    echo = echo_on(gate)
+    echo = echo_on(gate, adapter)
     escrow_id = market.escrow("0.010")
     assert echo("a", escrow_id)[0] == "a"
     for _ in range(5):
@@ -113,10 +115,10 @@ def test_idle_lease_is_captured_and_voided(market):
 
 
 @pytest.mark.parametrize("k", [10, 37])
-def test_no_overspend_under_64_concurrent_calls_across_two_gates(market, k):
+def test_no_overspend_under_64_concurrent_calls_across_two_gates(market, k, adapter):
     gates = [market.gate(seller_id=market.seller.agent_id, settlement=Lease(calls=8)) for _ in range(2)]
     escrow_id = market.escrow(str(Decimal("0.001") * k))
-    echoes = [echo_on(g) for g in gates]
+    echoes = [echo_on(g, adapter) for g in gates]
     start = threading.Barrier(64)
 
     def call(i):
@@ -359,3 +361,23 @@ def test_lease_size_cap_in_usdc(market):
     gate.close()
     assert market.balance(escrow_id)["spent_usdc"] == Decimal("0.001")
     market.server.store.check_invariants()
+
+
+def test_a_per_second_call_longer_than_any_lease_is_covered_by_its_own_hold(market):
+    # Lease holds live 120 s; a PerSecond call may run 200 s. On a lease its charge would fall after the lease's
+    # deadline, with the whole escrow held by that lease: the result was withheld. Its own hold outlives it.
+    clock = market.server.clock
+    gate = market.gate()  # the default lease
+    escrow_id = market.escrow("0.020")  # exactly one call's maximum
+
+    @gate.paid(PerSecond("0.0001", max_seconds=200, clock=clock.now), reason="render", receipt=True)
+    def render(scene: str) -> str:
+        clock.tick(190)
+        return scene
+
+    result, receipt = render("x", escrow_id)
+    assert result == "x" and receipt["settlement"] == "hold" and receipt["charged_usdc"] == "0.019000"
+    gate.close()
+    balance = market.balance(escrow_id)
+    assert balance["spent_usdc"] == Decimal("0.019") and balance["held_usdc"] == 0
+

@@ -32,6 +32,7 @@ from tests.support.audit import assert_none_served_late_in_outage
 from tests.support.fault_proxy import FaultProxy
 from tests.support.realtime_clock import RealTime
 
+from .adapters import GradioAdapter
 from .conftest import launched
 
 PRICE = PerCall("0.001")
@@ -113,8 +114,8 @@ def call_until(fn, escrow_id: str, calls: Calls, clock, *, until_service_time: f
         time.sleep(every_s)
 
 
-def echo_on(gate):
-    @gate.paid(PRICE, reason="echo", receipt=True)
+def echo_on(gate, adapter=GradioAdapter()):
+    @adapter.paid(gate, PRICE, reason="echo", receipt=True)
     def echo(text: str) -> str:
         return text
 
@@ -125,7 +126,7 @@ def echo_on(gate):
 
 
 @pytest.mark.parametrize("ttl", [1, 2])
-def test_short_ttl_escrows_pay_for_every_result(market, ttl):
+def test_short_ttl_escrows_pay_for_every_result(market, ttl, adapter):
     """Finding 1: 0.05 USDC escrows of 1-2 s, 35 calls each at once, with the default (lease) settlement;
     four escrows opened a quarter of their life apart (so their expiries fall at different moments of
     the gate's flusher).
@@ -137,7 +138,7 @@ def test_short_ttl_escrows_pay_for_every_result(market, ttl):
     calls = Calls()
     with RealTime(clock):
         gate = market.gate()  # the default: lease
-        echo = echo_on(gate)
+        echo = echo_on(gate, adapter)
         expiries = {}
 
         def buyer(n: int) -> None:
@@ -386,7 +387,7 @@ def test_per_call_never_reads_an_expired_hold_as_captured(market):
     proxy = LateAnswers(server.port, clock, late_match=r"^POST /api/escrow/[^/]+/holds$", late_s=1.5)
     proxy.add("drop_after", match=r"/capture$", times=None)
     gate = EscrowGate(proxy.url(), market.seller.api_key, seller_id=market.seller.agent_id, clock=clock,
-                      settlement="per_call", hold_ttl_seconds=2, settle_retries=0)
+                      settlement="per_call", per_call_hold_ttl_s=2, settle_retries=0)
     calls = Calls()
     try:
         @gate.paid(PRICE, reason="work", receipt=True)
@@ -411,7 +412,7 @@ def per_call_with_capture_answers_lost(market, *, hold_answer_late_s: float):
     proxy = LateAnswers(server.port, clock, late_match=r"^POST /api/escrow/[^/]+/holds$", late_s=hold_answer_late_s)
     proxy.add("drop_after", match=r"/capture$", times=None)
     gate = EscrowGate(proxy.url(), market.seller.api_key, seller_id=market.seller.agent_id, clock=clock,
-                      settlement="per_call", hold_ttl_seconds=2, settle_retries=0)
+                      settlement="per_call", per_call_hold_ttl_s=2, settle_retries=0)
     calls = Calls()
     try:
         escrow_id = market.escrow("0.010")

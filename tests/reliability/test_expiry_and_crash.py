@@ -41,7 +41,7 @@ def test_holds_never_captured_expire_back_to_the_buyer(market):
     assert started.wait(30)
     escrow = market.server.get_escrow(market.buyer, escrow_id)
     assert float(escrow["held_usdc"]) > 0  # the Space "crashed" here, holding this
-    market.server.clock.tick(gate.hold_ttl_seconds + 200)  # past every hold's TTL (leases: 120 s)
+    market.server.clock.tick(300 + 200)  # past every hold's TTL (per call: 300 s; leases: 120 s)
     market.server.store.sweep()
     escrow = market.server.get_escrow(market.buyer, escrow_id)
     assert escrow["held_usdc"] == 0 and escrow["spent_usdc"] == 0 and str(escrow["remaining_usdc"]) == "0.1"
