@@ -11,7 +11,7 @@ bench/bench_gate.py). Modes:
 - per_call:    EscrowGate(settlement="per_call"): two round trips per call (for scale).
 
 `--timers` adds, per lease mode, the p50 of perf_counter timers wrapped around the steps of one
-call (EscrowGate._reserve, LeaseSettlement.reserve, EscrowGate._finish, LeaseSettlement.settle,
+call (Cashier.reserve, LeaseSettlement.reserve, Run.settle, LeaseSettlement.settle,
 Journal.add_charge), and how many times the flusher ran during the measured calls. The timers are a
 separate pass (`lease+timers`, `lease_file+timers`), so the plain rows carry no wrapper.
 `--busy` spends the 20 ms spinning on the CPU instead of sleeping (a model's forward pass keeps the
@@ -98,12 +98,12 @@ class Timers:
 
 
 def _install_timers() -> Timers:
-    from gate import _gate, _journal, _lease
+    from gate import _flow, _journal, _lease
 
     timers = Timers()
-    timers.wrap(_gate.EscrowGate, "_reserve", "gate._reserve")
+    timers.wrap(_flow.Cashier, "reserve", "Cashier.reserve")
     timers.wrap(_lease.LeaseSettlement, "reserve", "  LeaseSettlement.reserve")
-    timers.wrap(_gate.EscrowGate, "_finish", "gate._finish")
+    timers.wrap(_flow.Run, "settle", "Run.settle")
     timers.wrap(_lease.LeaseSettlement, "settle", "  LeaseSettlement.settle")
     timers.wrap(_journal.Journal, "add_charge", "    Journal.add_charge")
     timers.wrap(_lease.LeaseSettlement, "_receipt", "    LeaseSettlement._receipt")
