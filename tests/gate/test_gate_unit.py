@@ -4,6 +4,7 @@ from __future__ import annotations  # the gate must resolve string annotations
 
 import inspect
 import typing
+from pathlib import Path
 
 import gradio as gr
 import pytest
@@ -232,3 +233,26 @@ def test_facts_cache_expires_with_the_injected_clock():
     cache.put(facts)
     cache.forget(GOOD_ID)
     assert cache.get(GOOD_ID) is None
+
+
+def test_the_default_journal_lives_in_the_data_folder_where_there_is_one(tmp_path):
+    from gate._gate import JOURNAL_FILE, default_journal
+
+    assert default_journal({"DATA_DIR": str(tmp_path)}) == tmp_path / JOURNAL_FILE
+    assert default_journal({"DATA_DIR": str(tmp_path / "missing")}) is None  # never created behind the owner's back
+    assert default_journal({}) == (Path("/data") / JOURNAL_FILE if Path("/data").is_dir() else None)
+
+
+def test_a_gate_is_a_context_manager_that_closes_itself():
+    with RecordingGate(settlement="per_call") as gate:
+        assert not gate._closed
+    assert gate._closed
+    gate.close()  # idempotent
+
+
+def test_paid_route_checks_its_arguments_when_applied():
+    with RecordingGate() as gate:
+        with pytest.raises(TypeError):
+            gate.paid_route("0.001", reason="x")
+        with pytest.raises(ValueError):
+            gate.paid_route(PerCall("0.001"), reason=" ")
