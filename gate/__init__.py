@@ -1,11 +1,16 @@
-"""Paid Gradio functions: each call is charged to the buyer's USDC escrow.
+"""Paid functions: each call is charged to the buyer's USDC escrow.
 
     gate = EscrowGate(escrow_url, api_key)          # or EscrowGate.from_env()
 
     @gate.paid(PerCall("0.001"), reason="sentiment classification", receipt=True)
-    def classify(text: str) -> str: ...
+    def classify(text: str) -> str: ...             # a Gradio event, API and MCP tool
+
+    @app.post("/v1/classify")
+    @gate.paid_route(PerCall("0.001"), reason="sentiment classification")
+    def classify_route(body: Text) -> dict: ...     # a plain FastAPI/Starlette route
 
 Reserve the maximum price, run, charge what the call cost; a failed call costs nothing.
+The gate settles what it holds when it is closed, at the latest when the process exits.
 """
 
 from ._gate import EscrowGate
