@@ -77,6 +77,7 @@ class EscrowGate:
     batches, see ``gate._lease``; its journal is ``default_journal()``: a file in ``$DATA_DIR`` or
     ``/data`` when one exists, else memory), a ``Lease(...)`` with options, ``"per_call"`` (one hold
     per call, captured before the result is returned), or a factory ``(EscrowService) -> Settlement``.
+    ``public_escrow_url``: where buyers reach the escrow service, if not at ``escrow_url``.
     ``per_call_hold_ttl_s``: a per-call hold's TTL for calls whose price names no longest call
     (``PerSecond(max_seconds=…)`` lengthens it, in every settlement).
 
@@ -100,6 +101,7 @@ class EscrowGate:
         cache_ttl: float = 60.0,
         negative_cache_ttl: float = 5.0,
         settle_retries: int = 4,
+        public_escrow_url: str | None = None,
     ):
         if seller_id is not None and not (isinstance(seller_id, str) and AGENT_ID.fullmatch(seller_id)):
             raise ValueError("seller_id must look like agent_…")
@@ -110,7 +112,9 @@ class EscrowGate:
             service_clock=ServiceClock(self._now),
         )
         self._client = client
-        self.escrow_url = escrow_url.rstrip("/")  # public: buyers open escrows here
+        # Where buyers open escrows (402 answers say so): the service's public address when the gate reaches it
+        # another way (the sandbox over loopback).
+        self.escrow_url = (public_escrow_url or escrow_url).rstrip("/")
         cache = FactsCache(self._now, ttl=cache_ttl, negative_ttl=negative_cache_ttl)
         # Unknown-escrow lookups are limited per client and in all (gate/_limits.py).
         self._service = EscrowService(client, cache, LookupLimiter(timer=timer), seller_id)
