@@ -5,7 +5,7 @@ Every hostile call, through gradio_client and through the plain HTTP API
 
 - refused, with a message that says the buyer was not charged, and nothing reserved:
   the escrow named (if any) keeps spent == held == 0. The gate refuses (an error event),
-  or, for a body over the Space's request limits (app.RequestLimits), the HTTP layer (413/422);
+  or, for a body over the Space's request limits (space.RequestLimits), the HTTP layer (413/422);
 - handled: a normal result with a receipt, and exactly one charge for it.
 
 No message carries a traceback, an internal URL or the seller's key, nor echoes a huge
@@ -32,11 +32,10 @@ import requests
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
-from app import MAX_REQUEST_BYTES
 from models import MAX_TEXT_CHARS
 from tests.support.audit import Audit, Ledger
 from tests.support.processes import space_process
-from tests.support.space import RunningSpace, classify_over_http, final_event
+from tests.support.space import MAX_REQUEST_BYTES, RunningSpace, classify_over_http, final_event
 
 pytestmark = [pytest.mark.hostile]
 
@@ -482,7 +481,7 @@ def test_hostile_texts_with_a_real_escrow(space, way):
         if "over" in why or "KB" in why:
             assert "too long" in message, message  # the gate's input check (models.MAX_TEXT_CHARS)
         if "MB" in why:
-            assert "too large" in message, message  # the request limits (app.MAX_REQUEST_BYTES)
+            assert "too large" in message, message  # the request limits (app.LIMITS.max_bytes)
         if "surrogate" in why:
             assert "Unicode" in message, message
     space.untouched(untouched)

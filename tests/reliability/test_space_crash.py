@@ -22,7 +22,6 @@ buyer at its TTL (120 s), which this test does not wait for.
 from __future__ import annotations
 
 import re
-import signal
 import sqlite3
 import threading
 import time
@@ -36,7 +35,7 @@ from escrow import Store
 from escrow.clock import FakeClock
 from gate import Lease
 from tests.support.audit import Ledger, micro
-from tests.support.processes import ServerProcess, escrow_process, space_process
+from tests.support.processes import SIGTERM_EXITS, ServerProcess, escrow_process, space_process
 from tests.support.space import EscrowApi
 
 pytestmark = [pytest.mark.crash, pytest.mark.slow]
@@ -263,7 +262,7 @@ class Crash:
         after.join()
         assert not after.errors_before_kill and not after.unknown, (after.errors_before_kill + after.unknown)[:3]
         assert len(self.audit.outcomes.receipts) >= target
-        assert self.space.stop() in (0, -signal.SIGTERM), self.space.log()  # uvicorn re-raises the SIGTERM
+        assert self.space.stop() in SIGTERM_EXITS, self.space.log()
 
     def reconcile(self) -> dict:
         """Journal against receipts against the ledger, then the audit (tests/support/audit.py)."""

@@ -11,7 +11,6 @@ tests/gate/test_unpaid_results.py.
 from __future__ import annotations
 
 import json
-import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ import pytest
 from escrow import Store
 from gate import Lease
 from tests.support.audit import Ledger, assert_none_served_late_in_outage, micro
-from tests.support.processes import space_process
+from tests.support.processes import SIGTERM_EXITS, space_process
 from tests.support.realtime_clock import RealTime
 from tests.support.space import EscrowApi, classify_over_http, final_event
 
@@ -98,7 +97,7 @@ def test_short_ttl_escrows_over_the_space_pay_for_every_result(tmp_path, books):
             thread.join(60)
         time.sleep(max(max(expires) + 0.5 - time.monotonic(), 0))  # every escrow has expired
     finally:
-        assert space.stop() in (0, -signal.SIGTERM), space.log()[-3000:]
+        assert space.stop() in SIGTERM_EXITS, space.log()[-3000:]
     store = Store(db_path)  # let time close what expired (the Space's sweeper has stopped with it)
     try:
         store.sweep()
@@ -173,7 +172,7 @@ def test_an_outage_longer_than_the_hold_over_the_space(tmp_path, books, escrow_s
                 time.sleep(0.2)
         finally:
             stop.set()
-            assert space.stop() in (0, -signal.SIGTERM), space.log()[-3000:]  # the gate settles what it owes
+            assert space.stop() in SIGTERM_EXITS, space.log()[-3000:]  # the gate settles what it owes
 
     assert_none_served_late_in_outage(outcomes, down=down, outage_began=outage_began, outage_ended=outage_ended,
                                       window=max_unconfirmed + interval)

@@ -14,8 +14,12 @@ from typing import Any
 import pytest
 import requests
 
+from app import LIMITS
 from tests.support.processes import ServerProcess, space_process
 from tests.support.tiny_model import build_tiny_model
+
+#: The largest request body the Space under test reads (app.LIMITS: 413 above it).
+MAX_REQUEST_BYTES = LIMITS.max_bytes
 
 
 def random_escrow_id() -> str:

@@ -1,4 +1,4 @@
-"""app.RequestLimits: bodies the Space will not read (too large, too many JSON values) are refused first.
+"""space.RequestLimits: bodies the Space will not read (too large, too many JSON values) are refused first.
 
 Regression of issue 6: Gradio keeps every session's last inputs in memory and every raw HTTP
 API call is a new session, so unbounded bodies were unbounded memory (1 MB of [[],[],...]
@@ -16,8 +16,11 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from app import MAX_JSON_VALUES, MAX_REQUEST_BYTES, RequestLimits
+from space import Limits, RequestLimits
 from models import MAX_TEXT_CHARS
+
+LIMITS = Limits.for_text(MAX_TEXT_CHARS)  # what app.py serves with
+MAX_REQUEST_BYTES, MAX_JSON_VALUES = LIMITS.max_bytes, LIMITS.max_json_values
 
 
 @pytest.fixture
@@ -33,7 +36,7 @@ def client(seen) -> TestClient:
         return JSONResponse({"length": len(body)})
 
     inner = Starlette(routes=[Route("/echo", echo, methods=["GET", "POST", "PUT"])])
-    with TestClient(RequestLimits(inner)) as test_client:
+    with TestClient(RequestLimits(inner, LIMITS)) as test_client:
         yield test_client
 
 
@@ -51,6 +54,7 @@ def test_a_body_over_the_limit_is_refused_before_the_route_reads_it(client, seen
     assert answer.status_code == 413
     message = answer.json()["error"]
     assert "too large" in message and "not charged" in message
+    assert f"texts of up to {MAX_TEXT_CHARS:,} characters" in message
     assert seen == []
 
 
@@ -98,3 +102,18 @@ def test_ordinary_requests_pass_untouched(client, seen):
     assert client.post("/echo", content=broken, headers={"Content-Type": "application/json"}).status_code == 200
     assert client.get("/echo").status_code == 200
     assert len(seen) == 5
+
+
+def test_the_limits_are_parameters():
+    inner = Starlette(routes=[Route("/echo", lambda request: JSONResponse({}), methods=["POST"])])
+    with TestClient(RequestLimits(inner, Limits(max_bytes=100, max_json_values=3))) as small:
+        assert small.post("/echo", json=["a", "b"]).status_code == 200
+        assert small.post("/echo", json=["a", "b", "c"]).status_code == 422  # the list and three strings
+        answer = small.post("/echo", content=b"a" * 101, headers={"Content-Type": "application/json"})
+    assert answer.status_code == 413
+    assert answer.json()["error"] == "The request is too large: this Space reads at most 100 bytes. You were not charged."
+
+
+def test_limits_for_text_leave_room_for_json_escapes_and_other_fields():
+    assert Limits.for_text(10) == Limits(max_bytes=120 + 16 * 1024, accepts="texts of up to 10 characters")
+    assert Limits.for_text(10, session_capacity=5).session_capacity == 5

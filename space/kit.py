@@ -1,0 +1,243 @@
+"""A paid Space in one object: its configuration, data folder, gate and sandbox, the UI frame, and serve."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import uvicorn
+from fastapi import FastAPI
+from gradio.context import Context
+
+from gate import EscrowGate, GateError, JournalInUse, Lease
+
+from .config import ConfigError, SpaceConfig
+from .data import JOURNAL_FILE, _remove_if_temporary, pick_data_dir
+from .limits import Limits, RequestLimits
+from .sandbox import SANDBOX_PREFIX, Sandbox, start_sandbox
+from .server import SettleFirstServer
+from .ui import _agent_tab, _wallet_tab
+
+log = logging.getLogger("space")
+
+_KIT_FIELDS = ("seller_id", "escrow_api", "mode")
+
+
+@contextlib.contextmanager
+def starting(*errors: type[Exception]) -> Iterator[None]:
+    """Inside it, a ConfigError (or one of `errors`) prints `Cannot start the Space: ...` and exits 1."""
+    try:
+        yield
+    except (ConfigError, *errors) as exc:
+        print(f"Cannot start the Space: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+class Space:
+    """One paid Space: its settings, data folder and escrow gate; the sandbox escrow when PF_API_KEY is unset."""
+
+    def __init__(self, config: SpaceConfig, gate: EscrowGate, data_dir: Path, sandbox: Sandbox | None = None) -> None:
+        self.config = config
+        self.gate = gate
+        self.data_dir = data_dir
+        self._sandbox = sandbox
+        self._seller_id: str | None = None
+        self._on_stop: list[Callable[[], Any]] = []
+        self._escrow_box: gr.Textbox | None = None
+        self._escrow_tab: str | None = None
+        self._closed = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Space:
+        """The Space the environment describes: sandbox (no PF_API_KEY) or production; ConfigError if it cannot be."""
+        config = SpaceConfig.from_env(env)
+        data_dir, why = pick_data_dir(config.data_dir)
+        # The journal lets a restarted Space capture what it earned but had not captured yet.
+        settlement = Lease(journal=data_dir / JOURNAL_FILE) if config.settlement == "lease" else "per_call"
+        log.info("Settlement: %s; data folder %s (%s)", config.settlement, data_dir, why)
+        sandbox = None
+        try:
+            if config.sandbox:
+                sandbox = start_sandbox(data_dir)
+                # The gate reaches the sandbox over loopback; buyers, at the Space's public address.
+                gate = EscrowGate(
+                    config.loopback_url + SANDBOX_PREFIX, sandbox.seller_key, seller_id=sandbox.seller_id,
+                    settlement=settlement, public_escrow_url=config.public_url + SANDBOX_PREFIX,
+                )
+                log.info("Sandbox mode: no PF_API_KEY set. Sandbox escrow API at %s%s", config.public_url, SANDBOX_PREFIX)
+            else:
+                gate = EscrowGate.from_env(env, settlement=settlement)
+                log.info("Production mode: charging through the escrow service configured by ESCROW_URL/PF_API_KEY.")
+        except JournalInUse as exc:
+            # Another Space process runs on this DATA_DIR: replaying its journal would close its live leases.
+            if sandbox:
+                sandbox.store.close()
+            raise ConfigError(str(exc)) from None
+        return cls(config, gate, data_dir, sandbox)
+
+    @property
+    def sandbox(self) -> bool:
+        """Whether buyers pay with test USDC in the sandbox escrow inside this Space."""
+        return self._sandbox is not None
+
+    @property
+    def seller_id(self) -> str:
+        """This Space's seller ID (production: asked of the escrow service once; ConfigError if it refuses the key)."""
+        if self._seller_id is None:
+            if self._sandbox is not None:
+                seller_id = self._sandbox.seller_id
+            else:
+                try:
+                    seller_id = self.gate.seller_id
+                except GateError as exc:
+                    self.close()
+                    raise ConfigError(
+                        "The escrow service did not accept PF_API_KEY or could not be reached; "
+                        "check the PF_API_KEY secret and ESCROW_URL."
+                    ) from exc
+            log.info("This Space's seller ID: %s", seller_id)
+            self._seller_id = seller_id
+        return self._seller_id
+
+    @property
+    def escrow_api_url(self) -> str:
+        """Where buyers open escrows for this Space (its own /sandbox/api, or the service the gate charges on)."""
+        return self.gate.escrow_url
+
+    def on_stop(self, callback: Callable[[], Any]) -> Callable[[], Any]:
+        """Call `callback` when the Space stops, after the gate has settled (e.g. a batcher's close)."""
+        self._on_stop.append(callback)
+        return callback
+
+    def escrow_id_box(self, **textbox: Any) -> gr.Textbox:
+        """The buyer's "Escrow ID" textbox (elem_id escrow-id); the sandbox wallet puts the escrows it opens there."""
+        box = gr.Textbox(**{"label": "Escrow ID", "placeholder": "esc_...", "elem_id": "escrow-id", **textbox})
+        self._escrow_box, self._escrow_tab = box, _enclosing_tab()
+        return box
+
+    @contextlib.contextmanager
+    def blocks(
+        self,
+        *,
+        title: str,
+        intro: str,
+        pricing: Mapping[str, Any],
+        api_name: str,
+        example_input: str,
+        note: str = "",
+        wallet_escrow_usdc: Decimal | str = "0.05",
+    ) -> Iterator[gr.Blocks]:
+        """The Space's page: a header, the tabs added inside the `with`, then the wallet and agent tabs and /pricing.
+
+        `pricing`: the app's own fields of the free /pricing answer (price, model...); the kit adds
+        seller_id, escrow_api and mode. `api_name`, `example_input`: the paid endpoint and the Python
+        arguments before the escrow ID in the agent tab's example. `note`: shown under the intro
+        (elem_id model-note) when not empty. `wallet_escrow_usdc`: the wallet's suggested escrow.
+        """
+        seller_id = self.seller_id  # production: the key is checked before the page is built
+        answer_pricing = self._pricing(pricing)
+        with gr.Blocks(title=title) as demo:
+            gr.Markdown(f"# {title}\n{intro}")
+            if note:
+                gr.Markdown(note, elem_id="model-note")
+            with gr.Tabs():
+                yield demo
+                if self._sandbox is not None:
+                    with gr.Tab("Sandbox wallet", id="wallet"):
+                        _wallet_tab(
+                            self.config.loopback_url + SANDBOX_PREFIX,
+                            seller_id,
+                            Decimal(wallet_escrow_usdc),
+                            self._escrow_box,
+                            self._escrow_tab,
+                        )
+                with gr.Tab("Use from an agent", id="agent"):
+                    _agent_tab(
+                        self.config.public_url,
+                        self.escrow_api_url,
+                        seller_id,
+                        self.sandbox,
+                        api_name=api_name,
+                        example_input=example_input,
+                    )
+            gr.api(answer_pricing, api_name="pricing")
+
+    def _pricing(self, fields: Mapping[str, Any]) -> Callable[[], dict]:
+        """The /pricing function: the app's fields (Decimals as plain strings) between the kit's."""
+        taken = sorted(set(fields) & set(_KIT_FIELDS))
+        if taken:
+            raise ValueError(f"pricing fields {', '.join(taken)} are the kit's: it fills them in itself")
+        app_fields = {name: f"{value:f}" if isinstance(value, Decimal) else value for name, value in fields.items()}
+        seller_id, escrow_api = self.seller_id, self.escrow_api_url
+        mode = "sandbox" if self.sandbox else "production"
+
+        def pricing() -> dict:
+            """What a call costs, who to pay (seller ID) and where to open the escrow. Free."""
+            return {"seller_id": seller_id, **app_fields, "escrow_api": escrow_api, "mode": mode}
+
+        return pricing
+
+    def asgi_app(self, demo: gr.Blocks, *, limits: Limits = Limits()) -> FastAPI:
+        """`demo` on FastAPI with MCP, the sandbox under /sandbox/api, and `limits`; its lifespan closes this Space."""
+
+        @contextlib.asynccontextmanager
+        async def lifespan(_: FastAPI):
+            if self._sandbox is not None:
+                self._sandbox.sweeper.start()
+            try:
+                yield
+            finally:
+                self.close()  # settles what the gate still holds before the sandbox stops
+
+        app = FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+        if self._sandbox is not None:
+            app.mount(SANDBOX_PREFIX, self._sandbox.api)
+        demo.state_session_capacity = limits.session_capacity  # read when mounted
+        app = gr.mount_gradio_app(app, demo, path="/", mcp_server=True, show_error=True)
+        app.add_middleware(RequestLimits, limits=limits)
+        return app
+
+    def serve(self, demo: gr.Blocks, *, limits: Limits = Limits()) -> None:
+        """Serve `demo` on GRADIO_SERVER_NAME:GRADIO_SERVER_PORT until stopped; the gate settles before it stops listening."""
+        app = self.asgi_app(demo, limits=limits)
+        log.info("Serving on %s", self.config.public_url)
+        # Open event streams (browsers, gradio_client heartbeats) must not keep a stopping Space up.
+        server_config = uvicorn.Config(
+            app, host=self.config.host, port=self.config.port, log_level="warning", timeout_graceful_shutdown=5
+        )
+        SettleFirstServer(server_config, self.gate.close).run()
+
+    def close(self) -> None:
+        """Settle and close the gate, run the on_stop callbacks, stop the sandbox, drop a temporary data folder."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.gate.close()
+            for callback in self._on_stop:
+                callback()
+            if self._sandbox is not None:
+                self._sandbox.sweeper.stop()
+        finally:
+            # Now, not at exit: a test or an embedding process may build several Spaces in one run.
+            _remove_if_temporary(self.data_dir)
+
+    def __enter__(self) -> Space:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def _enclosing_tab() -> str | None:
+    """The label of the tab being built, if any."""
+    block = Context.block
+    while block is not None and not isinstance(block, gr.Tab):
+        block = getattr(block, "parent", None)
+    return None if block is None else str(block.label)
