@@ -126,4 +126,6 @@ def parse_settled(body: dict) -> Settled:
 
 
 def parse_deduction(body: dict) -> Deduction:
-    return Deduction(_id(body, "deduction_id", DEDUCTION_ID), amount(body, "amount_usdc"), amount(body, "remaining_usdc"))
+    return Deduction(
+        _id(body, "deduction_id", DEDUCTION_ID), amount(body, "amount_usdc"), amount(body, "remaining_usdc")
+    )

@@ -140,7 +140,10 @@ async def _ndjson(paid: PaidFunction, run: _flow.Run) -> AsyncIterator[bytes]:
     async with contextlib.aclosing(items):
         try:
             async for item, receipt in items:
-                line = {"result": jsonable_encoder(item)} if receipt is None else {"receipt": paid.receipt_dict(receipt)}
+                if receipt is None:
+                    line = {"result": jsonable_encoder(item)}
+                else:
+                    line = {"receipt": paid.receipt_dict(receipt)}
                 yield (json.dumps(line) + "\n").encode()
         except GateError as exc:
             yield (json.dumps({"error": error_body(exc)}) + "\n").encode()

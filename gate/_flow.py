@@ -39,7 +39,10 @@ from .errors import FunctionFailed, GateError, InvalidInput, InvalidEscrowId, Mi
 from .money import round_up
 from .pricing import Price
 
-__all__ = ["Call", "Cashier", "PaidFunction", "Run", "validate_escrow_id", "run_call", "run_call_async", "run_stream", "run_stream_async"]
+__all__ = [
+    "Call", "Cashier", "PaidFunction", "Run", "run_call", "run_call_async", "run_stream", "run_stream_async",
+    "validate_escrow_id",
+]
 
 log = logging.getLogger("gate")
 

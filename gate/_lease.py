@@ -325,7 +325,7 @@ class LeaseSettlement(Settlement):
         if self._no_holds or not self._lease_can_outlast(longest_call_s):
             return per_call()
         # A call that may run long reserves only on a lease that can still take its charge when it ends.
-        last_start = math.inf if longest_call_s is None else -longest_call_s
+        call_s = longest_call_s or 0.0
         need = _micro(maximum)
         if need == 0:
             return _LeaseReservation(escrow_id, maximum, reason, None, lease=None, need=0)
@@ -340,12 +340,13 @@ class LeaseSettlement(Settlement):
                 if lease is not None:
                     if not self._confirmed_recently(lease, self._timer()) and not self._await_capture(lease):
                         serve_per_call = True  # the service is not confirming its captures: per call meanwhile
-                    elif lease.available >= need and self._now() < min(lease.reserve_until,
-                                                                       lease.charge_until + last_start):
+                    elif lease.available >= need and self._now() < min(
+                        lease.reserve_until, lease.charge_until - call_s
+                    ):
                         return self._take(lease, escrow_id, maximum, reason, need)
                     else:
                         self._retire(lease)
-                if not serve_per_call and not self._worth_a_lease(expires_at, longest_call_s or 0.0):
+                if not serve_per_call and not self._worth_a_lease(expires_at, call_s):
                     serve_per_call = True  # the escrow expires too soon for a lease to be captured in time
                 if not serve_per_call:
                     opening = self._opening.get(escrow_id)
@@ -366,7 +367,7 @@ class LeaseSettlement(Settlement):
                     pass  # the opener's own problem; try again
                 continue
             try:
-                reservation = self._open_lease(escrow_id, maximum, reason, need, fresh, longest_call_s or 0.0)
+                reservation = self._open_lease(escrow_id, maximum, reason, need, fresh, call_s)
             except BaseException as exc:
                 with self._lock:
                     self._opening.pop(escrow_id, None)

@@ -128,9 +128,12 @@ class EscrowService:
         if status == 401:
             log.error("the escrow service rejected this Space's API key (401); check PF_API_KEY")
             if not ran:
-                return ServiceUnavailable("The Space cannot take payments right now (its escrow account is misconfigured)")
+                return ServiceUnavailable(
+                    "The Space cannot take payments right now (its escrow account is misconfigured)"
+                )
         if ran:
-            return SettlementFailed(escrow_id, f"The result was ready, but {self._why_not_settled(error, price)}. {NOT_CHARGED}")
+            why = self._why_not_settled(error, price)
+            return SettlementFailed(escrow_id, f"The result was ready, but {why}. {NOT_CHARGED}")
         if status in (403, 404) and escrow_id:
             self._cache.put_not_found(escrow_id)
             return EscrowNotFound(escrow_id)

@@ -333,7 +333,8 @@ class PerCallSettlement(Settlement):
         r: Reservation, hold_id: str | None, charged: Decimal | None, remaining: Decimal | None, asked: Decimal
     ) -> Receipt:
         # A 2xx means the money moved; fields we cannot read fall back to what we asked for.
-        return Receipt(r.escrow_id, hold_id or r.hold_id, asked if charged is None else charged, remaining, r.reason, "hold")
+        charged = asked if charged is None else charged
+        return Receipt(r.escrow_id, hold_id or r.hold_id, charged, remaining, r.reason, "hold")
 
     # -- void ---------------------------------------------------------------------------
 
