@@ -58,7 +58,7 @@ def http_status(exc: GateError) -> int:
 
 
 def error_body(exc: GateError) -> dict[str, Any]:
-    return {"code": exc.code, "message": exc.message, "charged": exc.charged}
+    return {"code": exc.code, "message": exc.sentence, "charged": exc.charged}
 
 
 def error_response(exc: GateError, payment: dict[str, Any] | None = None) -> JSONResponse:

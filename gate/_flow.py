@@ -215,7 +215,7 @@ class Run:
             try:
                 self.settle(self.last)
             except GateError as exc:
-                log.warning("an abandoned stream's delivered output could not be charged: %s", exc.message)
+                log.warning("an abandoned stream's delivered output could not be charged: %s", exc.sentence)
 
         cashier.later(charge_delivered)
 

@@ -10,6 +10,7 @@ extra, last output. The paid call itself is ``gate._flow``'s.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +18,7 @@ from . import _flow
 from ._flow import PaidFunction
 from ._limits import client_of
 from ._signature import GatedSignature, build_signature
+from .pricing import Price
 
 __all__ = ["ESCROW_HEADER", "gradio_wrapper", "header_escrow_id", "with_receipt"]
 
@@ -40,6 +42,32 @@ def header_escrow_id(request: Any) -> str | None:
 def with_receipt(outputs: Any, receipt: Any) -> tuple:
     """The outputs with the receipt as one extra, last output."""
     return (*outputs, receipt) if isinstance(outputs, tuple) else (outputs, receipt)
+
+
+_ESCROW_ID_DOC = (
+    "escrow_id: The ID of your USDC escrow for this Space ('esc_' and 20 to 40 letters and digits), or empty to "
+    "send it in the X-Escrow-Id header. Open the escrow naming this Space's seller ID (free /pricing endpoint)."
+)
+_SECTIONS = ("Args:", "Parameters:", "Arguments:", "Returns:")
+
+
+def documented(doc: str | None, price: Price) -> str:
+    """``doc`` with what a call costs, and ``escrow_id`` among its Args (Gradio's API page and MCP read these)."""
+    lines = inspect.cleandoc(doc or "").splitlines()
+    heads = [i for i, line in enumerate(lines) if line.strip().startswith(_SECTIONS)]
+    returns = next((i for i in heads if lines[i].strip().startswith("Returns:")), len(lines))
+    args = next((i for i in heads if not lines[i].strip().startswith("Returns:")), None)
+    indent = "    "
+    if args is not None and args + 1 < returns and lines[args + 1].strip():
+        indent = lines[args + 1][: len(lines[args + 1]) - len(lines[args + 1].lstrip())]
+    escrow = [indent + _ESCROW_ID_DOC] if args is not None else ["Args:", indent + _ESCROW_ID_DOC]
+    while returns > 0 and not lines[returns - 1].strip():
+        returns -= 1
+    lines[returns:returns] = escrow
+    description_end = heads[0] if heads else returns
+    cost = f"Costs {price.describe()} from your escrow; a refused or failed call costs nothing."
+    lines[description_end:description_end] = [cost, ""] if description_end else [cost]
+    return "\n".join(lines)
 
 
 def gradio_wrapper(paid: PaidFunction, want_receipt: bool) -> Any:
@@ -86,9 +114,10 @@ def gradio_wrapper(paid: PaidFunction, want_receipt: bool) -> Any:
 
     # Not functools.wraps: it sets __wrapped__ and copies the original annotations, after
     # which Gradio reads the original signature and stops injecting gr.Request.
-    for attribute in ("__module__", "__name__", "__qualname__", "__doc__"):
+    for attribute in ("__module__", "__name__", "__qualname__"):
         if hasattr(paid.fn, attribute):
             setattr(gated, attribute, getattr(paid.fn, attribute))
+    gated.__doc__ = documented(paid.fn.__doc__, paid.price)
     gated.__signature__ = spec.signature
     gated.__annotations__ = dict(spec.annotations)
     return gated

@@ -219,7 +219,7 @@ class PerCallSettlement(Settlement):
         try:  # captured right away: the hold needs to live only as long as a capture may take
             fresh = self._reserve(escrow_id, amount, reason, CAPTURE_ALLOWANCE_S, False)
         except GateError as refusal:
-            message = f"The result was ready, but {why} and {refusal.message}"
+            message = f"The result was ready, but {why} and {refusal.sentence}"
             raise SettlementFailed(escrow_id, message) from (cause or refusal)
         if fresh.hold_id is None:  # the service lost its holds route meanwhile
             return self._settle_by_deduct(fresh, amount)

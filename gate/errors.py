@@ -1,7 +1,8 @@
 """Every error the gate raises, each with a buyer-facing message.
 
     gradio.Error
-     └── GateError                 .charged: bool, .code: str  (message says charged or "not charged")
+     └── GateError                 .code: str (stable), .sentence: str (says charged or "not charged"),
+          │                         .charged: bool; .message = "[code] sentence" (what Gradio sends)
           ├── InvalidEscrowId       the escrow ID is malformed (no request was sent)
           │    └── MissingEscrowId  no escrow ID in the argument nor the X-Escrow-Id header
           ├── InvalidInput          the Space's input check (``check=``) refused the inputs
@@ -55,13 +56,18 @@ NOT_CHARGED = "You were not charged."
 
 
 class GateError(gr.Error):
-    """A refused or failed paid call; ``charged`` says whether the buyer paid for it."""
+    """A refused or failed paid call; ``charged`` says whether the buyer paid for it.
+
+    ``code`` is stable (a program acts on it); ``sentence`` says what happened to a person;
+    ``message``, what Gradio sends (browser, gradio_client, MCP), is ``"[code] sentence"``.
+    """
 
     code = "gate_error"
     title = "Payment"
 
     def __init__(self, message: str, *, charged: bool = False, print_exception: bool = False):
-        super().__init__(message, title=self.title, print_exception=print_exception)
+        self.sentence = message
+        super().__init__(f"[{self.code}] {message}", title=self.title, print_exception=print_exception)
         self.charged = charged
 
     def __str__(self) -> str:  # gr.Error shows repr(message); a plain message reads better

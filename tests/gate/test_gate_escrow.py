@@ -102,7 +102,7 @@ def test_insufficient_funds_says_what_is_left(market, adapter):
 
     with pytest.raises(InsufficientFunds) as refused:
         echo("x", escrow_id)
-    assert refused.value.message == (
+    assert refused.value.sentence == (
         f"Escrow {escrow_id} has 0.000400 USDC left; this call costs 0.001000 USDC. You were not charged."
     )
     assert market.balance(escrow_id)["remaining_usdc"] == Decimal("0.0004")
@@ -118,7 +118,7 @@ def test_function_failure_voids_the_hold(market, caplog, adapter):
 
     with pytest.raises(FunctionFailed) as failed:
         broken("x", escrow_id)
-    assert failed.value.message == "The sentiment classification failed. You were not charged."
+    assert failed.value.message == "[function_failed] The sentiment classification failed. You were not charged."
     balance = market.balance(escrow_id)
     assert balance["remaining_usdc"] == Decimal("0.010") and balance["held_usdc"] == 0
     assert balance["spent_usdc"] == 0

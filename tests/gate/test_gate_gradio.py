@@ -176,7 +176,7 @@ def test_async_generator(space, client, money):
 def test_failure_in_the_app_costs_nothing(space, client, money):
     market, _ = space
     escrow_id = market.escrow("0.010")
-    with pytest.raises(AppError, match=r"^The sentiment classification failed\. You were not charged\.$"):
+    with pytest.raises(AppError, match=r"^\[function_failed\] The sentiment classification failed\. You were not charged\.$"):
         client.predict("x", escrow_id, api_name="/broken")
     balance = settled_balance(market, escrow_id)
     assert balance["spent_usdc"] == 0 and balance["held_usdc"] == 0

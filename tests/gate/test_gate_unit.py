@@ -106,7 +106,7 @@ def test_input_check_refuses_before_any_request(gate, raised):
 
     with pytest.raises(InvalidInput) as refused:
         echo("  ", GOOD_ID)
-    assert refused.value.message == "Please enter some text. You were not charged."
+    assert refused.value.message == "[invalid_input] Please enter some text. You were not charged."
     assert gate.sent == []
 
 
