@@ -59,16 +59,15 @@ def main() -> None:
         batcher = DynamicBatcher(model.predict_batch, max_batch_size=16, max_wait_ms=5)
         kit.on_stop(batcher.close)
 
-        # ---- the paid function
-        @kit.gate.paid(
-            PerCall(price),
-            reason="sentiment classification",
-            receipt=True,
-            receipt_extra={"model": model.name},
-            check=require_text,
-        )
+        # ---- the paid function: a Gradio endpoint, an MCP tool and POST /v1/classify, all on one gate
+        @kit.paid(PerCall(price), reason="sentiment classification", receipt_extra={"model": model.name},
+                  check=require_text)
         def classify(text: str) -> dict:
-            """Classify the sentiment of `text` as negative, neutral or positive, for a fee in USDC."""
+            """Classify the sentiment of a text as negative, neutral or positive, for a fee in USDC.
+
+            Args:
+                text: The text to classify (up to 20,000 characters).
+            """
             return batcher.submit(text).as_dict()
 
         # ---- the UI (the kit adds the sandbox wallet and "Use from an agent" tabs, and /pricing)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
+import json
 import logging
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -15,11 +17,12 @@ import uvicorn
 from fastapi import FastAPI
 from gradio.context import Context
 
-from gate import EscrowGate, GateError, JournalInUse, Lease
+from gate import EscrowGate, GateError, JournalInUse, Lease, Price
 
 from .config import ConfigError, SpaceConfig
 from .data import JOURNAL_FILE, _remove_if_temporary, pick_data_dir
 from .limits import Limits, RequestLimits
+from .routes import ROUTE_PREFIX, PaidRoute, with_json_body
 from .sandbox import SANDBOX_PREFIX, Sandbox, start_sandbox
 from .server import SettleFirstServer
 from .ui import _agent_tab, _wallet_tab
@@ -49,6 +52,8 @@ class Space:
         self._sandbox = sandbox
         self._seller_id: str | None = None
         self._on_stop: list[Callable[[], Any]] = []
+        self._routes: dict[str, PaidRoute] = {}
+        self._pricing_answer: Callable[[], dict] | None = None
         self._escrow_box: gr.Textbox | None = None
         self._escrow_tab: str | None = None
         self._closed = False
@@ -115,6 +120,32 @@ class Space:
         self._on_stop.append(callback)
         return callback
 
+    def paid(
+        self,
+        price: Price,
+        *,
+        reason: str,
+        receipt: bool = True,
+        check: Callable[..., Any] | None = None,
+        receipt_extra: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
+        name: str | None = None,
+    ) -> Callable[[Callable], Callable]:
+        """``gate.paid`` for the Gradio endpoint (and MCP), and the same function as ``POST /v1/<name>``
+        (a JSON body of its parameters, ``gate.paid_route``), listed with its price in ``/pricing``."""
+        options = {"reason": reason, "check": check, "receipt_extra": receipt_extra}
+
+        def decorate(fn: Callable) -> Callable:
+            route_name = name or fn.__name__
+            if route_name in self._routes or route_name == "pricing":
+                raise ValueError(f"a paid function named {route_name!r} is already served")
+            gated = self.gate.paid(price, receipt=receipt, **options)(fn)
+            endpoint = self.gate.paid_route(price, **options)(with_json_body(fn))
+            parameters = tuple(inspect.signature(fn).parameters)
+            self._routes[route_name] = PaidRoute(route_name, endpoint, price, reason.strip(), parameters)
+            return gated
+
+        return decorate
+
     def escrow_id_box(self, **textbox: Any) -> gr.Textbox:
         """The buyer's "Escrow ID" textbox (elem_id escrow-id); the sandbox wallet puts the escrows it opens there."""
         box = gr.Textbox(**{"label": "Escrow ID", "placeholder": "esc_...", "elem_id": "escrow-id", **textbox})
@@ -179,8 +210,11 @@ class Space:
 
         def pricing() -> dict:
             """What a call costs, who to pay (seller ID) and where to open the escrow. Free."""
-            return {"seller_id": seller_id, **app_fields, "escrow_api": escrow_api, "mode": mode}
+            functions = {name: route.listing() for name, route in self._routes.items()}
+            answer = {"seller_id": seller_id, **app_fields, "escrow_api": escrow_api, "mode": mode}
+            return answer | ({"functions": functions} if functions else {})
 
+        self._pricing_answer = pricing
         return pricing
 
     def asgi_app(self, demo: gr.Blocks, *, limits: Limits = Limits()) -> FastAPI:
@@ -198,8 +232,14 @@ class Space:
         app = FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
         if self._sandbox is not None:
             app.mount(SANDBOX_PREFIX, self._sandbox.api)
+        # The plain API, before Gradio takes every other path: the same gate, at the speed of plain HTTP.
+        app.add_api_route(f"{ROUTE_PREFIX}/pricing", self._pricing_answer or self._pricing({}), methods=["GET"])
+        for route in self._routes.values():
+            app.add_api_route(route.path, route.endpoint, methods=["POST"])
         demo.state_session_capacity = limits.session_capacity  # read when mounted
         app = gr.mount_gradio_app(app, demo, path="/", mcp_server=True, show_error=True)
+        if getattr(demo, "mcp_server_obj", None) is not None:
+            _json_tool_results(demo.mcp_server_obj)
         app.add_middleware(RequestLimits, limits=limits)
         return app
 
@@ -241,3 +281,20 @@ def _enclosing_tab() -> str | None:
     while block is not None and not isinstance(block, gr.Tab):
         block = getattr(block, "parent", None)
     return None if block is None else str(block.label)
+
+
+def _json_tool_results(mcp_server: Any) -> None:
+    """MCP tool results as JSON text: Gradio writes a dict, list or tuple output as its Python repr (and hands a
+    function's outputs over as one tuple: the result is then one JSON array, e.g. ``[prediction, receipt]``)."""
+    from gradio_client.utils import is_file_obj_with_meta
+
+    postprocess = mcp_server.postprocess_output_data
+
+    def as_json(data: Any, root_url: str) -> Any:
+        data = [
+            json.dumps(output) if isinstance(output, (dict, list, tuple)) and not is_file_obj_with_meta(output) else output
+            for output in data
+        ]
+        return postprocess(data, root_url)
+
+    mcp_server.postprocess_output_data = as_json
