@@ -18,10 +18,10 @@ from tests.support.space import EscrowApi, final_event
 pytestmark = pytest.mark.crash  # processes stopped by signal
 
 
-def readme_example(name: str) -> str:
+def readme_example(name: str, language: str = "python") -> str:
     """The code block right after ``<!-- example: name -->`` in README.md."""
     text = (REPO / "README.md").read_text()
-    match = re.search(r"<!-- example: %s -->\s*```python\n(.*?)```" % re.escape(name), text, re.S)
+    match = re.search(r"<!-- example: %s -->\s*```%s\n(.*?)```" % (re.escape(name), language), text, re.S)
     assert match, f"README.md has no example {name!r}"
     return match.group(1)
 
