@@ -38,10 +38,21 @@ from ._signature import resolved_hints
 from .errors import FunctionFailed, GateError, InvalidInput, ServiceUnavailable, SettlementFailed
 from .money import format_usdc
 
-__all__ = ["RETRY_AFTER_S", "error_response", "route_wrapper"]
+__all__ = ["RETRY_AFTER_S", "deliverable_json", "error_response", "route_wrapper"]
 
 RETRY_AFTER_S = 5  # what a 503 asks the caller to wait: the gate's own view of an outage is that short
 _DONE = object()
+
+
+def deliverable_json(outputs: Any) -> Any:
+    """An output as the route hands it out: JSON-able, or a complete Response (TypeError otherwise: the call fails,
+    not charged). A StreamingResponse would be charged before its body ran: stream with a generator instead."""
+    if isinstance(outputs, StreamingResponse):
+        raise TypeError("a paid route must not return a StreamingResponse (its body runs after the charge); "
+                        "make the function a generator: it is streamed as NDJSON and charged at its end")
+    if isinstance(outputs, Response):
+        return outputs
+    return jsonable_encoder(outputs)
 
 
 def http_status(exc: GateError) -> int:
@@ -124,7 +135,7 @@ def route_wrapper(paid: PaidFunction, gate: Any) -> Any:
         if isinstance(outputs, Response):
             outputs.headers["X-Payment-Receipt"] = json.dumps(paid.receipt_dict(receipt))
             return outputs
-        return JSONResponse({"result": jsonable_encoder(outputs), "receipt": paid.receipt_dict(receipt)})
+        return JSONResponse({"result": outputs, "receipt": paid.receipt_dict(receipt)})
 
     for attribute in ("__module__", "__name__", "__qualname__", "__doc__"):
         if hasattr(fn, attribute):
@@ -141,7 +152,7 @@ async def _ndjson(paid: PaidFunction, run: _flow.Run) -> AsyncIterator[bytes]:
         try:
             async for item, receipt in items:
                 if receipt is None:
-                    line = {"result": jsonable_encoder(item)}
+                    line = {"result": item}
                 else:
                     line = {"receipt": paid.receipt_dict(receipt)}
                 yield (json.dumps(line) + "\n").encode()

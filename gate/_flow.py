@@ -115,9 +115,13 @@ class PaidFunction:
         reason: str,
         check: Callable[..., Any] | None,
         receipt_extra: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None,
+        deliverable: Callable[[Any], Any] | None = None,
     ):
         self.cashier, self.fn, self.price, self.reason = cashier, fn, price, reason
         self._check, self._receipt_extra = check, receipt_extra
+        # The adapter's form of an output as it is handed out (the ASGI one: JSON). Applied before the charge, as
+        # part of the call: an output that cannot be handed out fails the call, and a failed call is not charged.
+        self.deliverable = deliverable or (lambda outputs: outputs)
         self.streams = inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
         self.is_async = inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
 
@@ -180,6 +184,11 @@ class Run:
         """Start the function: a value, a coroutine, or an iterator of items."""
         return self.paid.fn(*self.call.args, **self.call.kwargs)
 
+    def delivered(self, item: Any) -> Any:
+        """A stream's item in the form it is handed out; from now on the stream is charged for it if abandoned."""
+        self.last = self.paid.deliverable(item)
+        return self.last
+
     def settle(self, outputs: Any) -> Receipt:
         """Charge what the call cost (blocking); SettlementFailed withholds the result, not charged."""
         settlement = self.paid.cashier.settlement
@@ -234,7 +243,7 @@ def run_call(paid: PaidFunction, call: Call) -> tuple[Any, Receipt]:
     """A plain function: its outputs and their receipt."""
     run = paid.begin(call)
     try:
-        outputs = run.execute()
+        outputs = paid.deliverable(run.execute())
     except Exception as exc:
         run.failed(exc)
     except BaseException:
@@ -247,7 +256,7 @@ async def run_call_async(paid: PaidFunction, call: Call) -> tuple[Any, Receipt]:
     """A coroutine function: its outputs and their receipt; blocking steps run in worker threads."""
     run = await paid.begin_async(call)
     try:
-        outputs = await run.execute()
+        outputs = paid.deliverable(await run.execute())
     except Exception as exc:
         await anyio.to_thread.run_sync(run.failed, exc)
     except BaseException:
@@ -262,8 +271,7 @@ def run_stream(run: Run) -> Iterator[tuple[Any, Receipt | None]]:
     try:
         items = run.execute()
         for item in items:
-            run.last = item
-            yield item, None
+            yield run.delivered(item), None
     except Exception as exc:
         run.failed(exc)
     except BaseException:  # GeneratorExit (abandoned by its consumer), KeyboardInterrupt
@@ -283,8 +291,7 @@ async def run_stream_async(run: Run) -> AsyncIterator[tuple[Any, Receipt | None]
     try:
         items = run.execute()
         async for item in items:
-            run.last = item
-            yield item, None
+            yield run.delivered(item), None
     except Exception as exc:
         await anyio.to_thread.run_sync(run.failed, exc)
     except BaseException:  # GeneratorExit (abandoned), cancellation

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ._answers import AGENT_ID
-from ._asgi import route_wrapper
+from ._asgi import deliverable_json, route_wrapper
 from ._cache import FactsCache
 from ._clock import ServiceClock
 from ._flow import Cashier, PaidFunction, validate_escrow_id
@@ -213,7 +213,7 @@ class EscrowGate:
         "charged"}}`` with 402 (payment), 422 (input), 503 (service unavailable, ``Retry-After``) or
         500 (the function failed). The money rules are ``paid``'s (see ``gate._asgi``).
         """
-        paid = self._paid_function(price, reason, check, receipt_extra)
+        paid = self._paid_function(price, reason, check, receipt_extra, deliverable=deliverable_json)
         return lambda fn: route_wrapper(paid(fn), self)
 
     def close(self) -> None:
@@ -232,7 +232,9 @@ class EscrowGate:
 
     # -- private -------------------------------------------------------------------------
 
-    def _paid_function(self, price, reason, check, receipt_extra) -> Callable[[Callable], PaidFunction]:
+    def _paid_function(
+        self, price, reason, check, receipt_extra, deliverable=None
+    ) -> Callable[[Callable], PaidFunction]:
         """Check the decorator's arguments once, when it is applied."""
         if not isinstance(price, Price):
             raise TypeError("price must be a PerCall, PerToken, PerSecond or other gate Price")
@@ -242,7 +244,7 @@ class EscrowGate:
             raise TypeError("check must be a plain (not async) callable")
         if receipt_extra is not None and not (callable(receipt_extra) or isinstance(receipt_extra, Mapping)):
             raise TypeError("receipt_extra must be a mapping or a callable returning one")
-        return lambda fn: PaidFunction(self._cashier, fn, price, reason.strip(), check, receipt_extra)
+        return lambda fn: PaidFunction(self._cashier, fn, price, reason.strip(), check, receipt_extra, deliverable)
 
 
 # -- closing at exit ----------------------------------------------------------------------

@@ -202,3 +202,22 @@ def test_a_client_leaving_mid_stream_pays_for_what_it_received(market, served_ap
         time.sleep(0.05)
     balance = market.balance(escrow_id)
     assert balance["spent_usdc"] == Decimal("0.001") and balance["held_usdc"] == 0
+
+
+@pytest.mark.parametrize("output", ["not json", "streaming response"])
+def test_an_output_the_route_cannot_hand_out_fails_the_call_and_is_not_charged(market, served_app, output):
+    from starlette.responses import StreamingResponse
+
+    gate = market.gate(settlement="per_call")
+    escrow_id = market.escrow("0.010")
+
+    @gate.paid_route(PRICE, reason="shouting")
+    def shout(body: Text):
+        if output == "not json":
+            return {"text": body.text, "handle": object()}
+        return StreamingResponse(iter([b"a", b"b"]))
+
+    answer = requests.post(served_app.route(shout), json={"text": "hi"}, headers={"X-Escrow-Id": escrow_id}, timeout=30)
+    assert answer.status_code == 500 and answer.json()["error"]["code"] == "function_failed"
+    balance = market.balance(escrow_id)
+    assert balance["spent_usdc"] == 0 and balance["held_usdc"] == 0
