@@ -1,4 +1,4 @@
-"""`python -m bench [--short] [--only gate|space|ledger]`: run the benchmarks and print every table.
+"""`python -m bench [--short] [--only gate|space|ledger|agents]`: run the benchmarks and print every table.
 
 Each benchmark prints its table as soon as it is done; the tables are printed again together at
 the end (the report). Nothing is asserted: the tables hold ratios against baselines measured in
@@ -15,7 +15,7 @@ import time
 
 from bench._common import load_average
 
-BENCHMARKS = ("gate", "space", "ledger")
+BENCHMARKS = ("gate", "space", "ledger", "agents")
 
 
 def _machine() -> str:
@@ -63,7 +63,14 @@ def _ledger(short: bool) -> str:
             f"{bench_ledger.format_table(bench_ledger.run(short))}")
 
 
-RUNNERS = {"gate": _gate, "space": _space, "ledger": _ledger}
+def _agents(short: bool) -> str:
+    from bench import bench_agents
+
+    rows, facts = bench_agents.run(short)
+    return f"{bench_agents.TITLE}\n{bench_agents.format_table(rows)}\n{bench_agents.summary(rows, facts)}"
+
+
+RUNNERS = {"gate": _gate, "space": _space, "ledger": _ledger, "agents": _agents}
 
 
 def main(argv: list[str] | None = None) -> int:
