@@ -24,6 +24,7 @@ from __future__ import annotations
 import inspect
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -74,20 +75,28 @@ class Call:
 class Cashier:
     """The gate's money side as a paid call sees it: refuse or reserve, settle, void, later."""
 
-    def __init__(self, service: EscrowService, settlement: Settlement):
-        self.service, self.settlement = service, settlement
+    def __init__(self, service: EscrowService, settlement: Settlement, timer: Callable[[], float] = time.monotonic):
+        self.service, self.settlement, self.timer = service, settlement, timer
+        self.stats = service.stats
         self._background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gate-settle")
         self.closed = False
 
     def reserve(self, call: Call, reason: str, longest_call_s: float | None) -> Reservation:
         """Refuse an escrow that cannot pay (not charged), else reserve the call's maximum on it."""
-        if self.closed:
-            raise ServiceUnavailable("This Space is shutting down")
-        facts, fresh = self.service.usable_escrow(call.escrow_id, call.client)
-        return self.settlement.reserve(
-            call.escrow_id, call.maximum, reason, fresh=fresh, expires_at=facts.expires_at,
-            longest_call_s=longest_call_s,
-        )
+        started = self.timer()
+        try:
+            if self.closed:
+                raise ServiceUnavailable("This Space is shutting down")
+            facts, fresh = self.service.usable_escrow(call.escrow_id, call.client)
+            return self.settlement.reserve(
+                call.escrow_id, call.maximum, reason, fresh=fresh, expires_at=facts.expires_at,
+                longest_call_s=longest_call_s,
+            )
+        except GateError as refusal:
+            self.stats.ended("refused", refusal.code)
+            raise
+        finally:
+            self.stats.timed("reserve", self.timer() - started)
 
     def later(self, job: Callable, *args: Any) -> None:
         """Run a settlement step without blocking the caller (abandoned streams, cancelled tasks)."""
@@ -127,6 +136,13 @@ class PaidFunction:
 
     def prepare(self, fn_args: tuple, fn_kwargs: dict, escrow_id: Any, client: str | None) -> Call:
         """Everything before the network: the ID's form, the Space's input check, the maximum price."""
+        try:
+            return self._prepare(fn_args, fn_kwargs, escrow_id, client)
+        except GateError as refusal:
+            self.cashier.stats.ended("refused", refusal.code)
+            raise
+
+    def _prepare(self, fn_args: tuple, fn_kwargs: dict, escrow_id: Any, client: str | None) -> Call:
         escrow_id = validate_escrow_id(escrow_id)
         if self._check is not None:
             try:
@@ -189,22 +205,33 @@ class Run:
         self.last = self.paid.deliverable(item)
         return self.last
 
-    def settle(self, outputs: Any) -> Receipt:
+    def settle(self, outputs: Any, outcome: str = "paid") -> Receipt:
         """Charge what the call cost (blocking); SettlementFailed withholds the result, not charged."""
-        settlement = self.paid.cashier.settlement
+        cashier = self.paid.cashier
         try:
             actual = self.paid.price.actual_price(self.call.args, self.call.kwargs, outputs, self.started)
             if not isinstance(actual, Decimal) or not actual.is_finite() or actual < 0:
                 raise TypeError(f"{type(self.paid.price).__name__}.actual_price must return a non-negative Decimal")
         except Exception as exc:
-            settlement.void(self.reservation)
+            cashier.settlement.void(self.reservation)
+            cashier.stats.ended("failed")
             log.error("pricing the result failed", exc_info=exc)
             raise FunctionFailed("call", "The call could not be priced") from exc
-        return settlement.settle(self.reservation, min(round_up(actual), self.call.maximum))
+        started = cashier.timer()
+        try:
+            receipt = cashier.settlement.settle(self.reservation, min(round_up(actual), self.call.maximum))
+        except GateError as refusal:
+            cashier.stats.ended("withheld", refusal.code)
+            raise
+        finally:
+            cashier.stats.timed("settle", cashier.timer() - started)
+        cashier.stats.charged(outcome, self.paid.receipt_dict(receipt), receipt.charged_usdc)
+        return receipt
 
     def failed(self, exc: BaseException) -> NoReturn:
         """The function raised (blocking): void, then raise what the buyer sees. Not charged."""
         self.paid.cashier.settlement.void(self.reservation)
+        self.paid.cashier.stats.ended("failed")
         if isinstance(exc, GateError):
             raise exc
         if isinstance(exc, gr.Error):
@@ -217,12 +244,13 @@ class Run:
         out, anything else is voided."""
         cashier = self.paid.cashier
         if self.last is NOTHING:
+            cashier.stats.ended("cancelled")
             cashier.later(cashier.settlement.void, self.reservation)
             return
 
         def charge_delivered() -> None:
             try:
-                self.settle(self.last)
+                self.settle(self.last, outcome="abandoned")
             except GateError as exc:
                 log.warning("an abandoned stream's delivered output could not be charged: %s", exc.sentence)
 
@@ -232,6 +260,7 @@ class Run:
         """A stream was exhausted (blocking): charge its last item, or void if it yielded none."""
         if self.last is NOTHING:
             self.paid.cashier.settlement.void(self.reservation)
+            self.paid.cashier.stats.ended("empty")
             return None
         return self.settle(self.last)
 

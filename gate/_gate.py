@@ -31,6 +31,7 @@ from ._lease import Lease, LeaseSettlement
 from ._limits import LookupLimiter
 from ._service import EscrowService
 from ._settlement import PerCallSettlement, Settlement
+from ._stats import GateStats
 from .client import EscrowClient
 from .pricing import Price
 
@@ -107,9 +108,10 @@ class EscrowGate:
             raise ValueError("seller_id must look like agent_…")
         self._now = _time_source(clock)
         # The service's expiries are on its clock: every answer tells how far it is from ours (gate._clock).
+        stats = GateStats(self._now)
         client = EscrowClient(
             escrow_url, api_key, timeout=timeout, max_connections=max_connections,
-            service_clock=ServiceClock(self._now),
+            service_clock=ServiceClock(self._now), on_request=stats.request,
         )
         self._client = client
         # Where buyers open escrows (402 answers say so): the service's public address when the gate reaches it
@@ -117,7 +119,7 @@ class EscrowGate:
         self.escrow_url = (public_escrow_url or escrow_url).rstrip("/")
         cache = FactsCache(self._now, ttl=cache_ttl, negative_ttl=negative_cache_ttl)
         # Unknown-escrow lookups are limited per client and in all (gate/_limits.py).
-        self._service = EscrowService(client, cache, LookupLimiter(timer=timer), seller_id)
+        self._service = EscrowService(client, cache, LookupLimiter(timer=timer), seller_id, stats)
         if settlement == "lease":
             settlement = Lease(journal=default_journal())
         if isinstance(settlement, Lease):
@@ -132,7 +134,7 @@ class EscrowGate:
         else:
             raise ValueError(f"unknown settlement {settlement!r}; available: 'lease', Lease(...), 'per_call'")
         self._settlement = strategy
-        self._cashier = Cashier(self._service, strategy)
+        self._cashier = Cashier(self._service, strategy, timer)
         self._closed = False
         self._close_lock = threading.Lock()
         _close_at_exit(self)
@@ -163,6 +165,13 @@ class EscrowGate:
     def known_seller_id(self) -> str | None:
         """The seller ID if already learned (never asks the service)."""
         return self._service.known_seller_id
+
+    def stats(self) -> dict[str, Any]:
+        """What this gate did so far: calls by outcome, refusals by code, USDC charged and captured, escrow requests
+        by route, the latency of its own work, open leases and what they owe, recent receipts, calls and revenue
+        per minute (``gate._stats``). Cheap: a copy of counters."""
+        leases, owed = self._settlement.open_leases()
+        return {**self._service.stats.snapshot(), "open_leases": leases, "owed_usdc": owed}
 
     @property
     def settles_by_deduct(self) -> bool:

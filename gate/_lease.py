@@ -313,6 +313,12 @@ class LeaseSettlement(Settlement):
     def settles_by_deduct(self) -> bool:
         return self._per_call.settles_by_deduct
 
+    def open_leases(self) -> tuple[int, Decimal]:
+        with self._lock:
+            leases = list(self._leases.values())
+            owed = sum(lease.uncaptured + (lease.pending.amount_micro if lease.pending else 0) for lease in leases)
+        return len(leases), _usdc(owed)
+
     # -- reserve (hot path: one lock, no network while a lease covers the call) ---------
 
     def reserve(
@@ -775,6 +781,7 @@ class LeaseSettlement(Settlement):
                 with self._lock:
                     self._request_ended(intent.escrow_id, ticket, None, None)
         self.journal.finish_intent(intent.key, "done")
+        self._service.stats.captured(_usdc(intent.amount_micro))
         if intent.final:
             self.journal.close_hold(intent.hold_id)
         self._forget_intent(lease, intent, answered=(ticket, settled.remaining))

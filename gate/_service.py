@@ -17,6 +17,7 @@ from ._answers import EscrowFacts
 from ._cache import NOT_FOUND, FactsCache
 from ._clock import ServiceClock
 from ._limits import LookupLimiter
+from ._stats import GateStats
 from .client import EscrowClient
 from .errors import (
     NOT_CHARGED,
@@ -41,8 +42,12 @@ _CLOSED_STATUSES = ("released", "refunded")
 class EscrowService:
     """The escrow service as the gate sees it (see the module docstring)."""
 
-    def __init__(self, client: EscrowClient, cache: FactsCache, lookups: LookupLimiter, seller_id: str | None = None):
+    def __init__(
+        self, client: EscrowClient, cache: FactsCache, lookups: LookupLimiter, seller_id: str | None = None,
+        stats: GateStats | None = None,
+    ):
         self.client = client
+        self.stats = stats or GateStats(client.service_clock.now)  # what settlements confirm is counted here
         self.clock: ServiceClock = client.service_clock
         self._cache = cache
         self._lookups = lookups

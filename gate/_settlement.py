@@ -89,6 +89,10 @@ class Settlement(ABC):
         """True once the service turned out to have no holds route (settling by deduct instead)."""
         return False
 
+    def open_leases(self) -> tuple[int, Decimal]:
+        """Holds serving many calls now open, and what they charged that the service has not confirmed yet."""
+        return 0, Decimal("0.000000")
+
     @abstractmethod
     def reserve(
         self, escrow_id: str, maximum: Decimal, reason: str, *, fresh: bool,
@@ -280,7 +284,7 @@ class PerCallSettlement(Settlement):
                     # answers 410, not hold_closed; the hold's TTL has not run out: so the hold
                     # closed because our capture went through. The buyer paid: hand the result out.
                     log.warning("capture on %s confirmed by hold_closed (its answer was lost)", r.hold_id)
-                    return Receipt(r.escrow_id, r.hold_id, amount, None, r.reason, "hold")
+                    return self._receipt(r, r.hold_id, amount, None, amount)
                 if unknown:  # closed near its expiry and no answer to say whether by our capture
                     raise SettlementFailed(
                         r.escrow_id,
@@ -323,17 +327,16 @@ class PerCallSettlement(Settlement):
                 "The result was ready, but the payment service stopped answering before the charge "
                 "was confirmed. If the charge was not recorded, you were not charged.",
             ) from exc
-        return Receipt(
-            r.escrow_id, deduction.deduction_id, amount if deduction.amount is None else deduction.amount,
-            deduction.remaining, r.reason, "deduct",
-        )
+        charged = amount if deduction.amount is None else deduction.amount
+        self._service.stats.captured(charged)
+        return Receipt(r.escrow_id, deduction.deduction_id, charged, deduction.remaining, r.reason, "deduct")
 
-    @staticmethod
     def _receipt(
-        r: Reservation, hold_id: str | None, charged: Decimal | None, remaining: Decimal | None, asked: Decimal
+        self, r: Reservation, hold_id: str | None, charged: Decimal | None, remaining: Decimal | None, asked: Decimal
     ) -> Receipt:
         # A 2xx means the money moved; fields we cannot read fall back to what we asked for.
         charged = asked if charged is None else charged
+        self._service.stats.captured(charged)
         return Receipt(r.escrow_id, hold_id or r.hold_id, charged, remaining, r.reason, "hold")
 
     # -- void ---------------------------------------------------------------------------

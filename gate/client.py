@@ -65,6 +65,7 @@ class EscrowClient:
         backoff: float = 0.05,
         sleep: Callable[[float], None] = time.sleep,
         service_clock: ServiceClock | None = None,
+        on_request: Callable[[str, str], None] | None = None,
     ):
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ValueError("escrow_url must be an http(s) URL")
@@ -77,6 +78,7 @@ class EscrowClient:
         self.retries = retries
         self.backoff = backoff
         self._sleep = sleep
+        self._on_request = on_request  # (method, path) of every attempt: the seller's metrics
         # Every answer's Date header tells how far the service's clock is from ours (gate._clock).
         self.service_clock = service_clock or ServiceClock(time.time)
         #: The gate-clock time of the service's latest answer (any status under 500): proof it was up then.
@@ -157,6 +159,8 @@ class EscrowClient:
         if data is not None:
             headers = {**(headers or {}), "Content-Type": "application/json"}
         clock = self.service_clock
+        if self._on_request is not None:
+            self._on_request(method, path)
         sent = clock.now()
         try:
             return self._exchange(method, path, data, headers, sent)
