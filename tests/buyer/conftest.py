@@ -18,7 +18,6 @@ from pydantic import BaseModel
 from buyer import Wallet
 from gate import EscrowGate, PerCall
 from tests.support.escrow_server import EscrowServer
-from tests.support.space import sandbox_space, tiny_model_dir  # noqa: F401 - fixtures
 
 PRICE = Decimal("0.001")
 

@@ -13,6 +13,7 @@ import pytest
 
 from buyer import InsufficientFunds, InvalidInput, PriceTooHigh, Wallet
 from tests.buyer.helpers import call_until_exhausted
+from tests.support.space import sandbox_space, tiny_model_dir  # noqa: F401 - fixtures (the Space: Python 3.11 only)
 
 PRICE = Decimal("0.001")
 
