@@ -15,7 +15,6 @@ import os
 import signal
 import threading
 import time
-import weakref
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -231,7 +230,11 @@ class EscrowGate:
             if self._closed:
                 return
             self._closed = True
-        self._cashier.close()
+        try:
+            self._cashier.close()
+        finally:
+            with _exit_hooks_lock:
+                _open_gates.discard(self)
 
     def __enter__(self) -> EscrowGate:
         return self
@@ -258,7 +261,9 @@ class EscrowGate:
 
 # -- closing at exit ----------------------------------------------------------------------
 
-_open_gates: weakref.WeakSet[EscrowGate] = weakref.WeakSet()
+# Strong references: a gate dropped without close() still owes its buyers' charges to its seller, so it lives
+# (and is closed) until exit; close() takes it out.
+_open_gates: set[EscrowGate] = set()
 _exit_hooks_installed = False
 _exit_hooks_lock = threading.Lock()
 
@@ -266,8 +271,8 @@ _exit_hooks_lock = threading.Lock()
 def _close_at_exit(gate: EscrowGate) -> None:
     """Close ``gate`` when the interpreter exits; a SIGTERM with no handler of its own becomes a clean exit."""
     global _exit_hooks_installed
-    _open_gates.add(gate)
     with _exit_hooks_lock:
+        _open_gates.add(gate)
         if _exit_hooks_installed:
             return
         _exit_hooks_installed = True
@@ -279,7 +284,9 @@ def _close_at_exit(gate: EscrowGate) -> None:
 
 
 def _close_open_gates() -> None:
-    for gate in list(_open_gates):
+    with _exit_hooks_lock:
+        gates = list(_open_gates)
+    for gate in gates:
         try:
             gate.close()
         except Exception:  # noqa: BLE001 - at exit: close the others anyway

@@ -259,3 +259,16 @@ def test_paid_route_checks_its_arguments_when_applied():
             gate.paid_route("0.001", reason="x")
         with pytest.raises(ValueError):
             gate.paid_route(PerCall("0.001"), reason=" ")
+
+
+def test_a_gate_dropped_without_close_is_still_closed_at_exit():
+    import gc
+
+    from gate import _gate
+
+    gate = RecordingGate(settlement="per_call")
+    del gate
+    gc.collect()
+    [kept] = [g for g in _gate._open_gates if isinstance(g, RecordingGate) and not g._closed]  # exit closes it
+    kept.close()  # (atexit runs _gate._close_open_gates: tests/docs/test_readme_examples.py shows it in a process)
+    assert kept not in _gate._open_gates
