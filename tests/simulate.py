@@ -40,7 +40,7 @@ from requests.structures import CaseInsensitiveDict
 
 from escrow import FakeClock, Store
 from escrow.server import standalone_app
-from gate import EscrowGate, GateError, Lease, PerCall, PerToken, SettlementFailed
+from gate import EscrowGate, GateError, Lease, PerCall, PerToken, SettlementFailed, _gate
 from gate._clock import parse_service_time
 from gate._lease import LeaseSettlement
 
@@ -256,6 +256,7 @@ class Schedule:
         if isinstance(settlement, LeaseSettlement):
             settlement.journal.close()  # the OS would drop its lock
         old._client._session.close()
+        _gate._open_gates.discard(old)  # a dead process closes nothing at exit
         self.gate = None  # no flusher runs while the new process starts (and replays)
         self.start_gate()
 
