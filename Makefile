@@ -71,8 +71,10 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 install-py310: $(VENV310)/.installed
 
+# exec: the app is make's own child, so Ctrl-C or SIGTERM reaches it directly; it stops cleanly and exits 0
+# (the gate settles, temporary data is removed), so make reports no failure.
 run: install
-	$(PY) app.py
+	exec $(PY) app.py
 
 # pytest exits 5 when it collected no test: that is a failure here, never a pass.
 # $(call pytest,PYTHON,ARGS) runs pytest and leaves its status in rc.

@@ -15,8 +15,11 @@ class SentimentModel(ABC):
     name: str
     #: "cpu", "cuda:0", ...
     device: str
-    #: Why this model stands in for the one asked for (sandbox fallback), else None.
+    #: Why this model stands in for the one asked for (sandbox fallback), else None: one short clause
+    #: about the model asked for, e.g. "it is not in the local cache and the Hugging Face Hub could not be reached".
     fallback_reason: str | None = None
+    #: The model asked for, when this one stands in for it (sandbox fallback), else None.
+    fallback_from: str | None = None
 
     def predict(self, text: str) -> Prediction:
         """Classify one text."""

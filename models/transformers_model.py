@@ -36,23 +36,29 @@ class TransformersSentimentModel(SentimentModel):
     #: Padded tokens' worth of one forward pass, for length bucketing; None runs every batch as one pass.
     pass_overhead_tokens: float | None = None
 
-    def __init__(self, source: str, *, name: str, device: str) -> None:
-        """Load config, tokenizer and weights from `source` onto `device`; raises on any failure."""
+    def __init__(self, source: str, *, name: str, device: str, local_files_only: bool = False) -> None:
+        """Load config, tokenizer and weights from `source` onto `device`; raises on any failure.
+
+        `local_files_only`: read a hub model from the local cache only (the Hub is known to be unreachable).
+        """
         import torch
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-        config = AutoConfig.from_pretrained(source)
+        config = AutoConfig.from_pretrained(source, local_files_only=local_files_only)
         # Labels first: a checkpoint we cannot map is refused before its weights are fetched.
         self._labels: dict[int, Label] = map_labels(config.id2label)
-        self._tokenizer = AutoTokenizer.from_pretrained(source)
+        self._tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_files_only)
         # float32 everywhere: the reference checkpoint is stored that way and CPUs run it best.
-        model = AutoModelForSequenceClassification.from_pretrained(source, config=config, dtype=torch.float32)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source, config=config, dtype=torch.float32, local_files_only=local_files_only
+        )
         self._model = model.to(device).eval()
         self._torch = torch
         self.max_tokens = max_input_tokens(self._tokenizer.model_max_length, config)
         self.name = name
         self.device = device
         self.fallback_reason = None
+        self.fallback_from = None
         # A GPU's forward pass is dominated by fixed costs at these sizes: padding is nearly free
         # there, and splitting a batch would only add passes (not measured: no GPU was at hand).
         self.pass_overhead_tokens = CPU_PASS_OVERHEAD_TOKENS if torch.device(device).type == "cpu" else None

@@ -21,7 +21,7 @@ MAX_WORDS = 500
 class VaderSentimentModel(SentimentModel):
     """vaderSentiment's SentimentIntensityAnalyzer mapped to negative / neutral / positive."""
 
-    def __init__(self, *, fallback_reason: str | None = None) -> None:
+    def __init__(self, *, fallback_reason: str | None = None, fallback_from: str | None = None) -> None:
         from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
         self._analyzer = SentimentIntensityAnalyzer()
@@ -34,6 +34,7 @@ class VaderSentimentModel(SentimentModel):
         self.name = VADER_NAME
         self.device = "cpu"
         self.fallback_reason = fallback_reason
+        self.fallback_from = fallback_from
 
     def _classify(self, texts: list[str]) -> list[Prediction]:
         return [

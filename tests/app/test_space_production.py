@@ -73,7 +73,8 @@ def _refused_start(tmp_path, hosted, api_key: str, model_id: str) -> tuple[int, 
 
 
 def test_unloadable_model_stops_production_with_one_sentence(tmp_path, hosted):
-    code, output = _refused_start(tmp_path, hosted, "pf_test_" + "x" * 32, str(tmp_path / "no-such-model"))
+    seller = EscrowApi(hosted.base_url + "/api").register("seller-with-no-model")  # the key is checked first
+    code, output = _refused_start(tmp_path, hosted, seller.api_key, str(tmp_path / "no-such-model"))
     assert code != 0
     assert "Traceback" not in output
     assert "Cannot start the Space:" in output

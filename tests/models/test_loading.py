@@ -39,12 +39,35 @@ def test_unreachable_model_in_production_is_one_sentence():
 
 
 def test_unreachable_model_in_sandbox_falls_back_to_vader(caplog):
-    with caplog.at_level(logging.WARNING, logger="models"):
+    with caplog.at_level(logging.INFO):
         model = load_model(UNREACHABLE_ID, allow_fallback=True)
     assert model.name == "vader"
-    assert UNREACHABLE_ID in model.fallback_reason and "could not be loaded" in model.fallback_reason
+    assert model.fallback_from == UNREACHABLE_ID
+    # Short, for a page that names the model itself: no model id, no "could not be loaded" to repeat.
+    assert model.fallback_reason == (
+        "it is not in the local cache and Hugging Face Hub access is switched off (HF_HUB_OFFLINE)"
+    )
     assert model.predict("I love this, it is wonderful").label == "positive"
-    assert any("VADER" in record.getMessage() and UNREACHABLE_ID in record.getMessage() for record in caplog.records)
+    # One line says which model answers and why; nothing else is logged about it.
+    (line,) = [record.getMessage() for record in caplog.records]
+    assert line.startswith("Model: vader (offline fallback") and UNREACHABLE_ID in line and "HF_HUB_OFFLINE" in line
+
+
+def test_an_uncached_hub_model_with_the_hub_off_is_refused_before_any_load(monkeypatch):
+    import models.transformers_model
+
+    def must_not_run(*_args, **_kwargs):
+        raise AssertionError("the model should have been refused before the transformers model was built")
+
+    monkeypatch.setattr(models.transformers_model, "TransformersSentimentModel", must_not_run)
+    with pytest.raises(ModelLoadError, match="HF_HUB_OFFLINE"):
+        load_model(UNREACHABLE_ID)
+
+
+def test_the_hub_counts_as_unreachable_when_hub_access_is_off():
+    from models.loading import _hub_reachable
+
+    assert _hub_reachable(DEFAULT_MODEL_ID, timeout_s=1) is False
 
 
 def test_missing_local_folder_is_one_sentence(tmp_path):

@@ -106,7 +106,8 @@ def test_unmappable_labels_fall_back_to_vader_in_sandbox_mode(tiny_model_builder
     folder = tiny_model_builder({0: "LABEL_0", 1: "LABEL_1"})
     model = load_model(str(folder), allow_fallback=True)
     assert model.name == "vader"
-    assert "could not be loaded" in model.fallback_reason
+    assert model.fallback_from == str(folder)
+    assert model.fallback_reason.startswith("its labels cannot be read as negative/neutral/positive")
 
 
 def test_concurrent_direct_calls_are_safe(tiny_model):

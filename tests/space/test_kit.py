@@ -176,7 +176,7 @@ def test_a_temporary_data_folder_is_removed_at_exit_and_when_the_space_closes(tm
 
     kit = Space.from_env({"GRADIO_SERVER_PORT": str(free_port())})
     assert "paid-space-" in kit.data_dir.name and kit.data_dir.is_dir()
-    kit.close()  # uvicorn re-raises SIGTERM after shutdown, so atexit never runs in a served Space
+    kit.close()  # removes it now, not only at exit (several Spaces may be built in one process)
     assert not kit.data_dir.exists()
 
 
@@ -184,3 +184,11 @@ def test_a_configured_data_folder_is_kept(tmp_path):
     with Space.from_env(sandbox_env(tmp_path / "kept")) as kit:
         pass
     assert (kit.data_dir / "sandbox-escrow.db").exists()
+
+
+def test_ctrl_c_before_serving_stops_quietly_with_exit_0(capsys):
+    with pytest.raises(SystemExit) as exited:
+        with starting():
+            raise KeyboardInterrupt
+    assert exited.value.code == 0
+    assert capsys.readouterr().err == "Stopped before the Space was serving (Ctrl-C).\n"

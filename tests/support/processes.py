@@ -14,8 +14,9 @@ from pathlib import Path
 import requests
 
 REPO = Path(__file__).resolve().parents[2]
-#: How a Space stopped by SIGTERM may exit: uvicorn shuts down cleanly, then re-raises the signal it handled; the
-#: gate's handler (installed before uvicorn's, put back after) turns it into a clean exit, 128 + SIGTERM.
+#: How a process stopped by SIGTERM may exit: the Space's server shuts down cleanly and exits 0 (space/server.py);
+#: a plain uvicorn re-raises the signal after its shutdown, which the gate's handler (installed before uvicorn's,
+#: put back after) turns into a clean exit, 128 + SIGTERM; the default action would be -SIGTERM.
 SIGTERM_EXITS = (0, -signal.SIGTERM, 128 + signal.SIGTERM)
 
 
