@@ -1,4 +1,4 @@
-"""USDC amounts: contract values (JSON numbers or decimal strings) <-> integer micro-USDC. Never float."""
+"""USDC amounts: request values (JSON numbers or decimal strings) -> integer micro-USDC -> answer strings. Never float."""
 
 from __future__ import annotations
 
@@ -64,19 +64,28 @@ def usdc(micro: int) -> Decimal:
     return Money(micro)
 
 
+def format_micro(micro: int) -> str:
+    """Integer micro-USDC as the contract's decimal string with exactly 6 decimals: 0.002000, 10.000000."""
+    sign = "-" if micro < 0 else ""
+    whole, frac = divmod(abs(micro), MICRO_PER_USDC)
+    return f"{sign}{whole}.{frac:06d}"
+
+
 class Money(Decimal):
-    """A Decimal that remembers it came from micro-units; JSON-renders as a plain number like 0.3 or 10."""
+    """A Decimal that remembers it came from micro-units; JSON-renders as a decimal string like "0.300000".
+
+    Every amount in an answer is a string with exactly 6 decimals, like the gate's receipts (README: "Amounts in
+    answers"): a JSON number would be read as a float by most JSON parsers.
+    """
 
     def __new__(cls, micro: int) -> Money:
         if isinstance(micro, bool) or not isinstance(micro, int):
             raise TypeError("Money takes integer micro-USDC")
-        sign = "-" if micro < 0 else ""
-        whole, frac = divmod(abs(micro), MICRO_PER_USDC)
-        text = f"{sign}{whole}.{frac:06d}".rstrip("0").rstrip(".") if frac else f"{sign}{whole}"
-        obj = super().__new__(cls, text)
+        text = format_micro(micro)
+        obj = super().__new__(cls, text.rstrip("0").rstrip(".") if "." in text else text)
         obj._text = text
         return obj
 
     def json_text(self) -> str:
-        """The exact JSON number text."""
-        return self._text
+        """The JSON text: a decimal string with 6 decimals, e.g. "0.002000"."""
+        return f'"{self._text}"'

@@ -1,4 +1,5 @@
-"""JSON in and out with exact numbers: parsing keeps Decimals, rendering writes them verbatim."""
+"""JSON in and out with exact numbers: parsing keeps Decimals; rendering writes Decimals verbatim and Money
+(every amount in an answer) as a decimal string with 6 decimals."""
 
 from __future__ import annotations
 
@@ -80,7 +81,7 @@ def check_plain_json(value: object, field: str, depth: int = 0) -> None:
 
 
 def dumps(value: object) -> str:
-    """Compact JSON; Decimals (and Money) written as exact JSON numbers."""
+    """Compact JSON; Decimals written as exact JSON numbers, Money (amounts) as strings like "0.002000"."""
     parts: list[str] = []
     _write(value, parts)
     return "".join(parts)

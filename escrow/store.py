@@ -82,8 +82,20 @@ class Outcome:
     headers: dict[str, str] = field(default_factory=dict)
 
     def json(self) -> Any:
-        """The body parsed, numbers as Decimal."""
-        return json.loads(self.body, parse_float=Decimal)
+        """The body parsed, numbers as Decimal and amounts (``*_usdc``, decimal strings on the wire) as Decimal."""
+        return _amounts_as_decimal(json.loads(self.body, parse_float=Decimal))
+
+
+def _amounts_as_decimal(value: Any) -> Any:
+    """A parsed answer with each ``*_usdc`` string (its amounts) read as a Decimal, for in-process callers."""
+    if isinstance(value, dict):
+        return {
+            key: Decimal(item) if key.endswith("_usdc") and isinstance(item, str) else _amounts_as_decimal(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_amounts_as_decimal(item) for item in value]
+    return value
 
 
 @dataclass(frozen=True)

@@ -80,8 +80,8 @@ def test_classify_by_argument_and_by_header_charges_the_escrow(sandbox_space, cl
     assert Decimal(receipt2["remaining_usdc"]) == escrow["remaining_usdc"] + escrow["held_usdc"]
     # The seller was paid what was spent, less the 1% fee.
     seller = sandbox_space.seller()
-    me = requests.get(f"{sandbox.root}/me", headers=seller.auth, timeout=10).json(parse_float=Decimal)
-    assert me["balance_usdc"] >= 2 * PRICE * Decimal("0.99")
+    me = requests.get(f"{sandbox.root}/me", headers=seller.auth, timeout=10).json()
+    assert Decimal(me["balance_usdc"]) >= 2 * PRICE * Decimal("0.99")  # amounts are decimal strings
 
 
 @pytest.mark.parametrize(
@@ -140,3 +140,15 @@ def test_seller_key_never_reaches_the_page_or_the_api_schema(sandbox_space):
         body = requests.get(base + path, timeout=10).text
         assert key not in body, path
     assert key not in sandbox_space.server.log()
+
+
+def test_the_public_classify_api_is_unchanged_and_the_pages_own_events_are_private(sandbox_space):
+    """Agents depend on /classify: inputs [text, escrow_id], outputs [result, receipt]. The page's own events (its
+    Classify button, the one-click escrow, the examples, the wallet) are private: not listed, not callable."""
+    info = requests.get(sandbox_space.server.base_url + "/gradio_api/info?all_endpoints=true", timeout=10).json()
+    assert set(info["named_endpoints"]) == {"/classify", "/pricing"}
+    assert not info["unnamed_endpoints"]
+    classify = info["named_endpoints"]["/classify"]
+    assert [(p["parameter_name"], p["label"], p["component"]) for p in classify["parameters"]] == [
+        ("text", "Text", "Textbox"), ("escrow_id", "Escrow ID", "Textbox")]
+    assert [(r["label"], r["component"]) for r in classify["returns"]] == [("Result", "Json"), ("Receipt", "Json")]

@@ -173,12 +173,45 @@ def test_amounts_are_exact_in_and_out(escrow_server):
     path = f"/escrow/{escrow['id']}/deduct"
     escrow_server.call(seller, "POST", path, data=b'{"amount_usdc": 0.1}')
     response = escrow_server.call(seller, "POST", path, data=b'{"amount_usdc": 0.2}')
-    assert '"remaining_usdc":0.7' in response.text
+    assert '"remaining_usdc":"0.700000"' in response.text
     got = escrow_server.call(buyer, "GET", f"/escrow/{escrow['id']}")
-    assert '"spent_usdc":0.3,' in got.text  # never 0.30000000000000004
+    assert '"spent_usdc":"0.300000",' in got.text  # never 0.30000000000000004
     assert escrow_server.call(seller, "POST", path, data=b'{"amount_usdc": 1E-6}').status_code == 200
     assert escrow_server.call(seller, "POST", path, json={"amount_usdc": "1000000000"}).status_code == 409
 
+
+
+def test_every_amount_in_every_answer_is_a_decimal_string_with_6_decimals(escrow_server):
+    """escrow/README.md, "Amounts in answers": like the gate's receipts, never a JSON number."""
+    buyer, seller = escrow_server.register("buyer"), escrow_server.register("seller")
+    answers = [escrow_server.call(buyer, "POST", "/faucet", json={"amount_usdc": "5"})]
+    answers.append(escrow_server.call(buyer, "POST", "/escrow", json={
+        "seller_id": seller.agent_id, "amount_usdc": 2, "ttl_seconds": 600,
+        "release_condition": {"type": "benchmark", "metric": "acc", "threshold": 0.5}}))
+    escrow_id = answers[-1].json()["id"]
+    answers.append(escrow_server.call(seller, "POST", f"/escrow/{escrow_id}/holds", json={"amount_usdc": "0.01"}))
+    hold = f"/escrow/{escrow_id}/holds/{answers[-1].json()['hold_id']}"
+    answers.append(escrow_server.call(seller, "POST", f"{hold}/capture", json={"amount_usdc": "0.002"}))
+    answers.append(escrow_server.call(seller, "POST", f"{hold}/void"))
+    answers.append(escrow_server.call(seller, "POST", f"/escrow/{escrow_id}/deduct", json={"amount_usdc": 1}))
+    answers.append(escrow_server.call(seller, "POST", f"/escrow/{escrow_id}/submit-result",
+                                      json={"metric": "acc", "score": 0.1}))
+    answers.append(escrow_server.call(buyer, "GET", f"/escrow/{escrow_id}"))
+    answers.append(escrow_server.call(buyer, "GET", "/me"))
+    answers.append(escrow_server.call(buyer, "POST", f"/escrow/{escrow_id}/release",
+                                      json={"amount_usdc": 0, "refund_remainder": True}))
+    seen = set()
+    for answer in answers:
+        assert answer.status_code in (200, 201), answer.text
+        amounts = {key: value for key, value in answer.json().items() if key.endswith("_usdc")}
+        assert amounts, answer.text
+        for key, value in amounts.items():
+            assert isinstance(value, str) and re.fullmatch(r"[0-9]+\.[0-9]{6}", value), (key, answer.text)
+        seen |= set(amounts)
+    assert {"credited_usdc", "balance_usdc", "amount_usdc", "remaining_usdc", "captured_usdc", "held_usdc",
+            "fee_usdc", "payout_usdc", "spent_usdc", "refunded_usdc"} <= seen
+    assert answers[0].json()["credited_usdc"] == "5.000000"  # the issue's example: it was the number 1
+    assert answers[5].json()["fee_usdc"] == "0.010000"
 
 def test_get_escrow_is_404_for_non_parties_exactly_like_an_unknown_id(escrow_server):
     buyer, seller, escrow = funded_escrow(escrow_server)

@@ -35,7 +35,7 @@ import schemathesis
 from schemathesis.core.transport import Response as StResponse
 from schemathesis.hooks import GLOBAL_HOOK_DISPATCHER
 
-from escrow.amounts import parse_amount, usdc
+from escrow.amounts import format_micro, parse_amount
 from escrow.errors import ApiError
 from escrow.store import ESCROW_ID, HOLD_ID, MICRO_PER_USDC
 from tests.support.escrow_server import Agent, EscrowServer
@@ -244,7 +244,7 @@ class World:
         if row is None:
             return
         edge = max(0, row[0] + rng.choice([-1, 0, 0, 1]))
-        body["amount_usdc"] = usdc(edge).json_text()
+        body["amount_usdc"] = format_micro(edge)
 
     def learn(self, case: schemathesis.Case, response: StResponse) -> None:
         """Remember what a successful call created, so later cases can use it."""

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
-from escrow.amounts import Money
+from escrow.amounts import Money, format_micro
 from tests.escrow.helpers import body
 from tests.support.escrow_server import Agent, EscrowServer
 
@@ -45,7 +45,7 @@ class ModelEscrow:
 
 
 def micro_text(micro: int) -> str:
-    return Money(micro).json_text()
+    return format_micro(micro)
 
 
 class EscrowMachine(RuleBasedStateMachine):

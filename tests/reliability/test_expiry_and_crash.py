@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
 
 import pytest
 
@@ -44,7 +45,7 @@ def test_holds_never_captured_expire_back_to_the_buyer(market):
     market.server.clock.tick(300 + 200)  # past every hold's TTL (per call: 300 s; leases: 120 s)
     market.server.store.sweep()
     escrow = market.server.get_escrow(market.buyer, escrow_id)
-    assert escrow["held_usdc"] == 0 and escrow["spent_usdc"] == 0 and str(escrow["remaining_usdc"]) == "0.1"
+    assert escrow["held_usdc"] == 0 and escrow["spent_usdc"] == 0 and escrow["remaining_usdc"] == Decimal("0.1")
     release.set()  # the stuck call finds its hold gone: no unpaid result, no charge without one
     worker.join(30)
     market.audit.reconcile()

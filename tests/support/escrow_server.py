@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json as jsonlib
+import re
 import secrets
 import socket
 import threading
@@ -48,9 +49,26 @@ class _RequestRecorder:
         await self.app(scope, receive, send)
 
 
+#: How the sandbox answers every amount (escrow/README.md, "Amounts in answers"): a string with 6 decimals.
+AMOUNT_TEXT = re.compile(r"[0-9]+\.[0-9]{6}")
+
+
 def parse_json(response: requests.Response) -> Any:
-    """A response body with numbers as Decimal (money is never float)."""
-    return jsonlib.loads(response.content, parse_float=Decimal)
+    """A response body with numbers as Decimal, and every amount (a ``*_usdc`` field) read as a Decimal from
+    its decimal string, as a client does; an amount in any other form fails the test."""
+    return read_amounts(jsonlib.loads(response.content, parse_float=Decimal))
+
+
+def read_amounts(value: Any, key: str | None = None) -> Any:
+    """`value` with each ``*_usdc`` field's string as a Decimal (AssertionError if one is not a 6-decimal string)."""
+    if isinstance(value, dict):
+        return {name: read_amounts(item, name) for name, item in value.items()}
+    if isinstance(value, list):
+        return [read_amounts(item, key) for item in value]
+    if key is not None and key.endswith("_usdc") and value is not None:
+        assert isinstance(value, str) and AMOUNT_TEXT.fullmatch(value), f"{key} answered as {value!r}"
+        return Decimal(value)
+    return value
 
 
 class EscrowServer:

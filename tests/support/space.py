@@ -15,6 +15,7 @@ import pytest
 import requests
 
 from app import LIMITS
+from tests.support.escrow_server import read_amounts
 from tests.support.processes import ServerProcess, space_process
 from tests.support.tiny_model import build_tiny_model
 
@@ -96,7 +97,7 @@ class EscrowApi:
     def escrow(self, buyer: Buyer, escrow_id: str) -> dict:
         response = requests.get(f"{self.root}/escrow/{escrow_id}", headers=buyer.auth, timeout=10)
         assert response.status_code == 200, response.text
-        return response.json(parse_float=Decimal)
+        return read_amounts(response.json(parse_float=Decimal))  # amounts are decimal strings: as Decimal
 
     def escrow_once_spent(self, buyer: Buyer, escrow_id: str, spent: Decimal, within_s: float = 20.0) -> dict:
         """The escrow once `spent` has been captured: lease mode captures every few seconds, not per call."""
