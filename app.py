@@ -23,15 +23,23 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
-from gate import PerCall  # noqa: E402
+from gate import GateError, PerCall  # noqa: E402
 from models import MAX_TEXT_CHARS, DynamicBatcher, EmptyTextError, ModelLoadError, load_model  # noqa: E402
 from models import require_text as model_accepts  # noqa: E402
 from space import Limits, Space, starting, usdc_from_env  # noqa: E402
+from space.ui import receipt_note, refusal_note  # noqa: E402
 
 log = logging.getLogger("space")
 
 #: What one request may hold: the longest text, even as 12-byte JSON escapes, plus the other fields.
 LIMITS = Limits.for_text(MAX_TEXT_CHARS)
+
+#: Texts a visitor can click to try the Space.
+EXAMPLES = [
+    "I love this, it is wonderful!",
+    "The delivery was late and the box arrived broken.",
+    "The meeting has moved to Thursday at 3 pm.",
+]
 
 
 def require_text(text: str, *_: Any) -> None:
@@ -46,16 +54,18 @@ def main() -> None:
     # ---- configuration: the kit reads PF_API_KEY, ESCROW_URL, DATA_DIR...; this Space adds its price.
     price = usdc_from_env("PRICE_PER_CALL_USDC", default="0.001")
     with Space.from_env() as kit:  # sandbox or production: the gate and the data folder
-        # ---- the model
+        kit.seller_id  # noqa: B018 - production: PF_API_KEY is checked now, before the (slow) model load
+        # ---- the model: one log line says which model answers (a sandbox fallback: also why)
         model = load_model(os.environ.get("MODEL_ID", "").strip() or None, allow_fallback=kit.sandbox)
-        model_note = ""
-        if model.fallback_reason:
+        model_note = f"Answers come from **{model.name}**; receipts name it too."  # the page says which model answers
+        if model.fallback_reason:  # load_model logged it
             model_note = (
-                f"**Offline fallback:** the reference model could not be loaded ({model.fallback_reason}), "
-                f"so this sandbox answers with **{model.name}**. Receipts name the model that answered."
+                f"**Offline fallback:** the model `{model.fallback_from}` could not be loaded "
+                f"({model.fallback_reason}), so this sandbox answers with **{model.name}**. "
+                "Receipts name the model that answered."
             )
-            log.warning("Model fallback: %s; answering with %s", model.fallback_reason, model.name)
-        log.info("Model: %s on %s", model.name, model.device)
+        else:
+            log.info("Model: %s on %s", model.name, model.device)
         batcher = DynamicBatcher(model.predict_batch, max_batch_size=16, max_wait_ms=5)
         kit.on_stop(batcher.close)
 
@@ -81,15 +91,38 @@ def main() -> None:
             api_name="classify",
             example_input='"I love this!"',
             wallet_escrow_usdc=price * 50,
+            call_price_usdc=price,
         ) as demo:
             with gr.Tab("Classify", id="classify"):
                 text = gr.Textbox(label="Text", lines=3, placeholder="Type something to classify")
-                escrow_box = kit.escrow_id_box()
-                button = gr.Button(f"Classify ({price_text} USDC)", variant="primary")
-                result = gr.JSON(label="Result", elem_id="result")
-                receipt = gr.JSON(label="Receipt", elem_id="receipt")
+                gr.Examples(EXAMPLES, inputs=[text], label="Try an example", api_visibility="private")
+                escrow_box = kit.escrow_id_box()  # sandbox: beside it, a button that opens an escrow in one click
+                button = gr.Button(f"Classify ({price_text} USDC)", variant="primary", elem_id="classify-button")
+                sentiment = gr.Label(label="Sentiment", elem_id="sentiment")
+                with gr.Accordion("Raw result and receipt (JSON)", open=False, elem_id="raw"):
+                    result = gr.JSON(label="Result", elem_id="result")
+                    receipt = gr.JSON(label="Receipt", elem_id="receipt")
+
+                def classify_on_page(text: str, escrow_id: str, last: dict | None, request: gr.Request):
+                    """The page's own event: the same paid function; a refusal is a sentence, the last result stays."""
+                    try:
+                        prediction, paid = classify(text, escrow_id, request)
+                    except GateError as exc:
+                        note = refusal_note(exc, sandbox=kit.sandbox, kept_result=bool(last))
+                        return gr.skip(), gr.skip(), gr.skip(), note
+                    # The model gives the top label and its score (models.Prediction), not all three classes.
+                    top = {prediction["label"]: prediction["score"]}
+                    return top, prediction, paid, receipt_note(paid)
+
                 button.click(
-                    classify, [text, escrow_box], [result, receipt], api_name="classify", concurrency_limit=32
+                    classify_on_page, [text, escrow_box, result], [sentiment, result, receipt, kit.payment_status],
+                    api_visibility="private", concurrency_limit=32, concurrency_id="classify",
+                )
+                # The public API agents call (Gradio HTTP, gradio_client, MCP): inputs [text, escrow_id], outputs
+                # [result, receipt], refusals raised as "[code] sentence" errors. No button of its own on the page.
+                gr.Button(visible=False).click(
+                    classify, [text, escrow_box], [result, receipt], api_name="classify",
+                    concurrency_limit=32, concurrency_id="classify",
                 )
 
         # ---- serve: until stopped; the gate settles what it earned before the server stops listening
