@@ -34,7 +34,7 @@ from . import _flow
 from ._flow import PaidFunction
 from ._gradio import header_escrow_id
 from ._limits import client_of
-from ._signature import resolved_hints
+from ._signature import present, resolved_hints
 from .errors import FunctionFailed, GateError, InvalidInput, ServiceUnavailable, SettlementFailed
 from .money import format_usdc
 
@@ -137,12 +137,7 @@ def route_wrapper(paid: PaidFunction, gate: Any) -> Any:
             return outputs
         return JSONResponse({"result": outputs, "receipt": paid.receipt_dict(receipt)})
 
-    for attribute in ("__module__", "__name__", "__qualname__", "__doc__"):
-        if hasattr(fn, attribute):
-            setattr(endpoint, attribute, getattr(fn, attribute))
-    endpoint.__signature__ = signature
-    endpoint.__annotations__ = {p.name: p.annotation for p in params if p.annotation is not inspect.Parameter.empty}
-    return endpoint
+    return present(endpoint, fn, signature, fn.__doc__)
 
 
 async def _ndjson(paid: PaidFunction, run: _flow.Run) -> AsyncIterator[bytes]:

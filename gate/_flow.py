@@ -225,7 +225,7 @@ class Run:
             raise
         finally:
             cashier.stats.timed("settle", cashier.timer() - started)
-        cashier.stats.charged(outcome, self.paid.receipt_dict(receipt), receipt.charged_usdc)
+        cashier.stats.charged(outcome, receipt, self.paid.receipt_dict)
         return receipt
 
     def failed(self, exc: BaseException) -> NoReturn:

@@ -17,7 +17,7 @@ from typing import Any
 from . import _flow
 from ._flow import PaidFunction
 from ._limits import client_of
-from ._signature import GatedSignature, build_signature
+from ._signature import GatedSignature, build_signature, present
 from .pricing import Price
 
 __all__ = ["ESCROW_HEADER", "gradio_wrapper", "header_escrow_id", "with_receipt"]
@@ -112,12 +112,4 @@ def gradio_wrapper(paid: PaidFunction, want_receipt: bool) -> Any:
         def gated(*args, **kwargs):
             return shaped(*_flow.run_call(paid, prepare(args, kwargs)))
 
-    # Not functools.wraps: it sets __wrapped__ and copies the original annotations, after
-    # which Gradio reads the original signature and stops injecting gr.Request.
-    for attribute in ("__module__", "__name__", "__qualname__"):
-        if hasattr(paid.fn, attribute):
-            setattr(gated, attribute, getattr(paid.fn, attribute))
-    gated.__doc__ = documented(paid.fn.__doc__, paid.price)
-    gated.__signature__ = spec.signature
-    gated.__annotations__ = dict(spec.annotations)
-    return gated
+    return present(gated, paid.fn, spec.signature, documented(paid.fn.__doc__, paid.price))

@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import gradio as gr
 
-__all__ = ["GatedSignature", "build_signature", "resolved_hints"]
+__all__ = ["GatedSignature", "build_signature", "present", "resolved_hints"]
 
 log = logging.getLogger("gate")
 
@@ -30,8 +30,7 @@ _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_O
 class GatedSignature:
     """How a call to the wrapper maps onto a call to the wrapped function."""
 
-    signature: inspect.Signature
-    annotations: dict[str, Any]
+    signature: inspect.Signature  # its annotations resolved (``present`` derives __annotations__ from them)
     positional: tuple[str, ...]
     keyword_only: tuple[str, ...]
     var_keyword: str | None
@@ -47,6 +46,22 @@ class GatedSignature:
         if self.var_keyword is not None:
             fn_kwargs.update(values[self.var_keyword])
         return fn_args, fn_kwargs, values[ESCROW_PARAM], values[self.request_param]
+
+
+def present(wrapper: Callable, fn: Callable, signature: inspect.Signature, doc: str | None) -> Callable:
+    """Give ``wrapper`` ``fn``'s names, ``doc``, and ``signature`` with its resolved annotations, for the framework
+    that reads them. Not functools.wraps: it sets __wrapped__ and copies the original annotations, after which
+    Gradio reads the original signature and stops injecting gr.Request."""
+    for attribute in ("__module__", "__name__", "__qualname__"):
+        if hasattr(fn, attribute):
+            setattr(wrapper, attribute, getattr(fn, attribute))
+    wrapper.__doc__ = doc
+    wrapper.__signature__ = signature
+    annotations = {p.name: p.annotation for p in signature.parameters.values() if p.annotation is not p.empty}
+    if signature.return_annotation is not inspect.Signature.empty:
+        annotations["return"] = signature.return_annotation
+    wrapper.__annotations__ = annotations
+    return wrapper
 
 
 def resolved_hints(fn: Callable) -> dict[str, Any]:
@@ -106,14 +121,8 @@ def build_signature(fn: Callable, *, keep_return: bool) -> GatedSignature:
     wrapper_params = positional + added + keyword_only + ([var_keyword] if var_keyword else [])
     return_hint = hints.get("return", inspect.Signature.empty) if keep_return else inspect.Signature.empty
     signature = inspect.Signature(wrapper_params, return_annotation=return_hint)
-    annotations = {
-        p.name: p.annotation for p in wrapper_params if p.annotation is not inspect.Parameter.empty
-    }
-    if return_hint is not inspect.Signature.empty:
-        annotations["return"] = return_hint
     return GatedSignature(
         signature=signature,
-        annotations=annotations,
         positional=tuple(p.name for p in positional),
         keyword_only=tuple(p.name for p in keyword_only),
         var_keyword=var_keyword.name if var_keyword else None,

@@ -53,7 +53,8 @@ class GateStats:
         self._captured = 0  # micro-USDC the service confirmed captured
         self._latency = {step: [0] * (len(LATENCY_BUCKETS_S) + 1) for step in ("reserve", "settle")}
         self._latency_sum = {step: 0.0 for step in self._latency}
-        self._recent: deque[dict[str, Any]] = deque(maxlen=_RECENT)
+        # (when, receipt, how the buyer sees it): the buyer's dict is made when it is read, not on the hot path
+        self._recent: deque[tuple[float, Any, Callable[[Any], dict[str, Any]]]] = deque(maxlen=_RECENT)
         self._minutes: deque[list[int]] = deque(maxlen=_MINUTES)  # [minute, paid calls, charged micro-USDC]
 
     def ended(self, outcome: str, code: str | None = None) -> None:
@@ -63,14 +64,15 @@ class GateStats:
             if code is not None:
                 self._refusals[code] += 1
 
-    def charged(self, outcome: str, receipt: dict[str, Any], amount: Decimal) -> None:
-        """A call ended charged ``amount`` (paid, or abandoned after output); ``receipt`` as the buyer got it."""
-        micro, now = _micro(amount), self._now()
+    def charged(self, outcome: str, receipt: Any, describe: Callable[[Any], dict[str, Any]]) -> None:
+        """A call ended charged (paid, or abandoned after output): its ``Receipt``; ``describe`` makes the dict the
+        buyer sees (called when a snapshot is read, off the call's path)."""
+        micro, now = _micro(receipt.charged_usdc), self._now()
         minute = int(now // 60)
         with self._lock:
             self._calls[outcome] += 1
             self._charged += micro
-            self._recent.append({"at": now, **receipt})
+            self._recent.append((now, receipt, describe))
             if not self._minutes or self._minutes[-1][0] != minute:
                 self._minutes.append([minute, 0, 0])
             self._minutes[-1][1] += 1
@@ -97,27 +99,33 @@ class GateStats:
         """A copy: calls by outcome, refusals by code, USDC charged and captured, requests by route, the latency
         histogram (cumulative counts per bucket bound, sum, count), recent receipts, calls and revenue per minute."""
         with self._lock:
-            latency = {}
-            for step, counts in self._latency.items():
-                cumulative, running = [], 0
-                for count in counts:
-                    running += count
-                    cumulative.append(running)
-                latency[step] = {
-                    "buckets": list(zip((*LATENCY_BUCKETS_S, float("inf")), cumulative)),
-                    "sum": self._latency_sum[step],
-                    "count": running,
-                }
-            return {
-                "calls": {outcome: self._calls[outcome] for outcome in OUTCOMES},
-                "refusals": dict(self._refusals),
-                "charged_usdc": self._charged * MICRO_USDC,
-                "captured_usdc": self._captured * MICRO_USDC,
-                "requests": dict(self._requests),
-                "latency_s": latency,
-                "recent": list(self._recent),
-                "per_minute": [
-                    {"minute": minute * 60, "calls": calls, "charged_usdc": charged * MICRO_USDC}
-                    for minute, calls, charged in self._minutes
-                ],
+            snapshot = self._counters()
+        snapshot["recent"] = [{"at": at, **describe(receipt)} for at, receipt, describe in snapshot["recent"]]
+        return snapshot
+
+    def _counters(self) -> dict[str, Any]:
+        """Under the lock: copies of the counters."""
+        latency = {}
+        for step, counts in self._latency.items():
+            cumulative, running = [], 0
+            for count in counts:
+                running += count
+                cumulative.append(running)
+            latency[step] = {
+                "buckets": list(zip((*LATENCY_BUCKETS_S, float("inf")), cumulative)),
+                "sum": self._latency_sum[step],
+                "count": running,
             }
+        return {
+            "calls": {outcome: self._calls[outcome] for outcome in OUTCOMES},
+            "refusals": dict(self._refusals),
+            "charged_usdc": self._charged * MICRO_USDC,
+            "captured_usdc": self._captured * MICRO_USDC,
+            "requests": dict(self._requests),
+            "latency_s": latency,
+            "recent": list(self._recent),  # made into dicts below, outside the lock
+            "per_minute": [
+                {"minute": minute * 60, "calls": calls, "charged_usdc": charged * MICRO_USDC}
+                for minute, calls, charged in self._minutes
+            ],
+        }

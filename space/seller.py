@@ -16,12 +16,13 @@ import time
 import warnings
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
-from decimal import Decimal
 from typing import Any
 
 import gradio as gr
 import pandas as pd
 from gradio.context import Context
+
+from gate.money import format_usdc
 
 log = logging.getLogger("space")
 
@@ -41,10 +42,6 @@ def can_see_seller_tab(profile: gr.OAuthProfile | None, *, sandbox: bool, owner:
     if sandbox:
         return True
     return bool(owner) and profile is not None and profile.username == owner
-
-
-def _usdc(amount: Decimal | str) -> str:
-    return f"{Decimal(amount).quantize(Decimal('0.000001')):f}"
 
 
 def _utc(epoch_s: float) -> datetime:
@@ -78,11 +75,11 @@ class SellerView:
         calls = stats["calls"]
         unpaid = ", ".join(f"{calls[o]} {o}" for o in ("failed", "withheld", "cancelled", "empty") if calls.get(o))
         lines = [
-            f"**{calls['paid']} paid calls**, **{_usdc(stats['charged_usdc'])} USDC** charged, "
-            f"{_usdc(stats['captured_usdc'])} USDC captured by the escrow service so far.",
+            f"**{calls['paid']} paid calls**, **{format_usdc(stats['charged_usdc'])} USDC** charged, "
+            f"{format_usdc(stats['captured_usdc'])} USDC captured by the escrow service so far.",
             f"{calls['refused']} calls refused before they ran (not charged)"
             + (f"; not charged either: {unpaid}." if unpaid else "."),
-            f"Open leases: **{stats['open_leases']}**, owing {_usdc(stats['owed_usdc'])} USDC not captured yet "
+            f"Open leases: **{stats['open_leases']}**, owing {format_usdc(stats['owed_usdc'])} USDC not captured yet "
             "(captured every few seconds, and when the Space stops).",
         ]
         if calls.get("abandoned"):
