@@ -30,9 +30,10 @@ from .errors import (
     ServiceUnavailable,
     SettlementFailed,
 )
-from .pricing import PerCall, PerSecond, PerToken, Price
+from .pricing import Charge, PerCall, PerItem, PerSecond, PerToken, Price
 
 __all__ = [
+    "Charge",
     "EscrowClosed",
     "EscrowExpired",
     "EscrowGate",
@@ -46,6 +47,7 @@ __all__ = [
     "Lease",
     "MissingEscrowId",
     "PerCall",
+    "PerItem",
     "PerSecond",
     "PerToken",
     "Price",

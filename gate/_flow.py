@@ -21,6 +21,7 @@ What each ending costs the buyer:
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import re
@@ -209,9 +210,10 @@ class Run:
         """Charge what the call cost (blocking); SettlementFailed withholds the result, not charged."""
         cashier = self.paid.cashier
         try:
-            actual = self.paid.price.actual_price(self.call.args, self.call.kwargs, outputs, self.started)
+            charge = self.paid.price.charge(self.call.args, self.call.kwargs, outputs, self.started)
+            actual = charge.amount
             if not isinstance(actual, Decimal) or not actual.is_finite() or actual < 0:
-                raise TypeError(f"{type(self.paid.price).__name__}.actual_price must return a non-negative Decimal")
+                raise TypeError(f"{type(self.paid.price).__name__}.charge must return a non-negative Decimal amount")
         except Exception as exc:
             cashier.settlement.void(self.reservation)
             cashier.stats.ended("failed")
@@ -225,6 +227,8 @@ class Run:
             raise
         finally:
             cashier.stats.timed("settle", cashier.timer() - started)
+        if charge.usage:
+            receipt = dataclasses.replace(receipt, usage=charge.usage)
         cashier.stats.charged(outcome, receipt, self.paid.receipt_dict)
         return receipt
 

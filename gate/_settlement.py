@@ -53,6 +53,7 @@ class Receipt:
     remaining_usdc: Decimal | None  # the escrow's remaining balance right after the charge
     reason: str
     settlement: str = "hold"  # "hold", "deduct" or "lease"
+    usage: Mapping[str, Any] | None = None  # what the charge was measured from (Price.charge): tokens, vectors...
 
     def as_dict(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """A JSON-able dict; money as strings with 6 decimals; ``extra`` never overrides a field."""
@@ -65,6 +66,8 @@ class Receipt:
             reason=self.reason,
             settlement=self.settlement,
         )
+        if self.usage:
+            receipt["usage"] = dict(self.usage)
         return receipt
 
 

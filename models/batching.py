@@ -1,5 +1,8 @@
 """DynamicBatcher: concurrent callers share one predict_batch call, each getting its own answer.
 
+predict_batch is any function answering a list of texts with one result per text, in order: a sentiment
+model's predict_batch (Predictions) or an embedding model's embed_batch (vectors).
+
 Gradio runs each request on its own worker thread. Instead of Gradio's batch=True (which hands
 a batched function only the first caller's gr.Request, so per-caller billing would charge the
 wrong escrow), each caller submits its text here and blocks on its own Future; one worker thread
@@ -16,10 +19,14 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
-from models.prediction import Prediction, require_text
+from models.prediction import require_text
 
 logger = logging.getLogger(__name__)
+
+#: What predict_batch answers for one text: a Prediction, an embedding vector, ...
+Result = TypeVar("Result")
 
 
 @dataclass
@@ -31,12 +38,16 @@ class _Request:
 _STOP = object()  # queued by close(): the worker finishes what came before it, then ends
 
 
-class DynamicBatcher:
-    """Gathers concurrent single-text requests into predict_batch calls on one worker thread."""
+class DynamicBatcher(Generic[Result]):
+    """Gathers concurrent single-text requests into predict_batch calls on one worker thread.
+
+    `validate` checks (and may normalise) each text before it is queued; the default is require_text,
+    the sentiment model's check.
+    """
 
     def __init__(
         self,
-        predict_batch: Callable[[Sequence[str]], Sequence[Prediction]],
+        predict_batch: Callable[[Sequence[str]], Sequence[Result]],
         *,
         max_batch_size: int = 16,
         max_wait_ms: float = 5.0,
@@ -57,16 +68,16 @@ class DynamicBatcher:
         self._worker = threading.Thread(target=self._run, name="DynamicBatcher", daemon=True)
         self._worker.start()
 
-    def submit(self, text: str) -> Prediction:
-        """Classify `text` in the next batch; block until its own result (or its own error) is ready."""
+    def submit(self, text: str) -> Result:
+        """Answer `text` in the next batch; block until its own result (or its own error) is ready."""
         return self.submit_future(text).result()
 
-    async def submit_async(self, text: str) -> Prediction:
+    async def submit_async(self, text: str) -> Result:
         """Like submit, for async callers: awaits the result without blocking the event loop."""
         return await asyncio.wrap_future(self.submit_future(text))
 
-    def submit_future(self, text: str) -> Future:
-        """Queue `text` and return the Future of its Prediction; invalid text raises here, unqueued."""
+    def submit_future(self, text: str) -> Future[Result]:
+        """Queue `text` and return the Future of its result; invalid text raises here, unqueued."""
         request = _Request(self._validate(text))
         with self._state_lock:
             if self._closed:
@@ -88,7 +99,7 @@ class DynamicBatcher:
         """Whether close() has been called."""
         return self._closed
 
-    def __enter__(self) -> DynamicBatcher:
+    def __enter__(self) -> DynamicBatcher[Result]:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -132,10 +143,10 @@ class DynamicBatcher:
         if not live:
             return
         try:
-            predictions = list(self._predict_batch([request.text for request in live]))
-            if len(predictions) != len(live):
+            results = list(self._predict_batch([request.text for request in live]))
+            if len(results) != len(live):
                 raise RuntimeError(
-                    f"predict_batch returned {len(predictions)} results for {len(live)} texts"
+                    f"predict_batch returned {len(results)} results for {len(live)} texts"
                 )
         except BaseException as error:  # every caller of this batch gets the error, the worker lives on
             for request in live:
@@ -143,5 +154,5 @@ class DynamicBatcher:
             if not isinstance(error, Exception):
                 raise
             return
-        for request, prediction in zip(live, predictions):
-            request.future.set_result(prediction)
+        for request, result in zip(live, results):
+            request.future.set_result(result)

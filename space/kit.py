@@ -9,6 +9,7 @@ import inspect
 import json
 import logging
 import sys
+import typing
 from collections.abc import Callable, Iterator, Mapping
 from decimal import Decimal
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import gradio as gr
 import uvicorn
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from gradio.context import Context
 
 from gate import EscrowGate, GateError, JournalInUse, Lease, Price
@@ -25,7 +27,7 @@ from .config import ConfigError, SpaceConfig
 from .data import JOURNAL_FILE, _remove_if_temporary, pick_data_dir
 from .limits import Limits, RequestLimits
 from .metrics import add_metrics_route
-from .routes import ROUTE_PREFIX, PaidRoute, with_json_body
+from .routes import ROUTE_PREFIX, PaidRoute, invalid_body, with_json_body
 from .sandbox import SANDBOX_PREFIX, Sandbox, start_sandbox
 from .seller import seller_tab
 from .server import GRACEFUL_SHUTDOWN_S, SettleFirstServer
@@ -152,7 +154,8 @@ class Space:
             gated = self.gate.paid(price, receipt=receipt, **options)(fn)
             endpoint = self.gate.paid_route(price, **options)(with_json_body(fn))
             parameters = tuple(inspect.signature(fn).parameters)
-            self._routes[route_name] = PaidRoute(route_name, endpoint, price, reason.strip(), parameters)
+            streams = inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
+            self._routes[route_name] = PaidRoute(route_name, endpoint, price, reason.strip(), parameters, streams)
             return gated
 
         return decorate
@@ -256,6 +259,7 @@ class Space:
             app.mount(SANDBOX_PREFIX, self._sandbox.api)
         # The plain API, before Gradio takes every other path: the same gate, at the speed of plain HTTP.
         app.add_api_route(f"{ROUTE_PREFIX}/pricing", self._pricing_answer or self._pricing({}), methods=["GET"])
+        app.add_exception_handler(RequestValidationError, invalid_body)  # a malformed body: the gate's 422 shape
         for route in self._routes.values():
             app.add_api_route(route.path, route.endpoint, methods=["POST"])
         add_metrics_route(app, self.gate.stats, sandbox=self.sandbox)  # open in sandbox; METRICS_TOKEN in production
@@ -267,6 +271,7 @@ class Space:
         self._busy.append(lambda: any(job is not None for job in getattr(demo._queue, "active_jobs", ())))
         if getattr(demo, "mcp_server_obj", None) is not None:
             _json_tool_results(demo.mcp_server_obj)
+            _typed_json_inputs(demo.mcp_server_obj)
         app.add_middleware(RequestLimits, limits=limits)
         return app
 
@@ -341,3 +346,32 @@ def _json_tool_results(mcp_server: Any) -> None:
         return postprocess(data, root_url)
 
     mcp_server.postprocess_output_data = as_json
+
+
+def _typed_json_inputs(mcp_server: Any) -> None:
+    """MCP input schemas a client can validate against: Gradio describes a gr.JSON input as ``{"type": {}}``
+    (which is no JSON Schema type: MCP clients refuse every call), so such a parameter is described from the
+    paid function's type hint instead (``list[str]``: an array of strings), or as any JSON."""
+    from pydantic import TypeAdapter
+
+    input_schema = mcp_server.get_input_schema
+
+    def typed(tool_name: str, parameters: dict[str, str] | None = None) -> tuple[dict[str, Any], list]:
+        schema, file_positions = input_schema(tool_name, parameters)
+        untyped = [name for name, prop in schema.get("properties", {}).items()
+                   if "type" in prop and not isinstance(prop["type"], (str, list))]
+        if untyped:
+            block_fn = mcp_server.get_block_fn_from_endpoint_name(mcp_server.tool_to_endpoint[tool_name])
+            try:
+                hints = typing.get_type_hints(block_fn.fn)
+            except Exception:  # no function, or hints that cannot be resolved: any JSON
+                hints = {}
+            for name in untyped:
+                prop = schema["properties"][name]
+                del prop["type"]
+                with contextlib.suppress(Exception):  # a hint pydantic cannot describe: any JSON
+                    prop.update({key: value for key, value in TypeAdapter(hints[name]).json_schema().items()
+                                 if key not in ("title", "description", "default")})
+        return schema, file_positions
+
+    mcp_server.get_input_schema = typed

@@ -2,7 +2,8 @@
 
 The route is ``gate.paid_route`` (the gate's ASGI adapter): the same gate, price and
 settlement as the Gradio endpoint, the escrow ID in ``X-Escrow-Id``, refusals as JSON
-with 402/422/503/500. ``GET /v1/pricing`` lists them for free.
+with 402/422/503/500. A generator is streamed as NDJSON (``{"result": item}`` lines,
+then ``{"receipt": ...}``). ``GET /v1/pricing`` lists them for free.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import Body
+from fastapi import Body, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 
-from gate import PerCall, Price
+from gate import InvalidInput, PerCall, Price
 from gate.money import format_usdc
 
 ROUTE_PREFIX = "/v1"
@@ -30,6 +33,7 @@ class PaidRoute:
     price: Price
     reason: str
     parameters: tuple[str, ...]
+    streams: bool = False
 
     @property
     def path(self) -> str:
@@ -44,13 +48,13 @@ class PaidRoute:
             "pricing": self.price.describe(),
             "parameters": list(self.parameters),
             "reason": self.reason,
+            # A stream answers NDJSON: {"result": ...} per item, then {"receipt": ...} (or {"error": ...}).
+            "answer": "ndjson" if self.streams else "json",
         }
 
 
 def with_json_body(fn: Callable) -> Callable:
     """``fn`` whose parameters FastAPI reads as fields of one JSON object (``{"text": "..."}``)."""
-    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
-        raise TypeError("a plain route answers one JSON value: stream from Gradio, or use gate.paid_route yourself")
     hints = typing.get_type_hints(fn)
     params = []
     for param in inspect.signature(fn).parameters.values():
@@ -59,7 +63,19 @@ def with_json_body(fn: Callable) -> Callable:
         default = ... if param.default is inspect.Parameter.empty else param.default
         params.append(param.replace(default=Body(default, embed=True), annotation=hints.get(param.name, Any)))
 
-    if inspect.iscoroutinefunction(fn):
+    # The same kind of function as fn: the gate streams a generator as NDJSON lines.
+    if inspect.isasyncgenfunction(fn):
+
+        async def body_fn(*args, **kwargs):
+            async for item in fn(*args, **kwargs):
+                yield item
+
+    elif inspect.isgeneratorfunction(fn):
+
+        def body_fn(*args, **kwargs):
+            yield from fn(*args, **kwargs)
+
+    elif inspect.iscoroutinefunction(fn):
 
         async def body_fn(*args, **kwargs):
             return await fn(*args, **kwargs)
@@ -73,3 +89,14 @@ def with_json_body(fn: Callable) -> Callable:
     body_fn.__signature__ = inspect.Signature(params)
     body_fn.__annotations__ = {p.name: p.annotation for p in params}
     return body_fn
+
+
+async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """A body the route cannot read, answered as the gate answers a refused input (422, "not charged")."""
+    problems = []
+    for error in exc.errors()[:3]:
+        where = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
+        problems.append(f"{where}: {error.get('msg', 'invalid')}" if where else str(error.get("msg", "invalid")))
+    refusal = InvalidInput("The request body is not valid (" + "; ".join(problems) + ")")
+    error = {"code": refusal.code, "message": refusal.sentence, "charged": refusal.charged}
+    return JSONResponse({"error": error}, status_code=422)

@@ -205,12 +205,21 @@ def escrow_row(
 
 def receipt_note(receipt: dict[str, Any]) -> str:
     """What a paid call cost and what its escrow has left, in words: "Paid 0.001 USDC · 0.049 USDC left in esc_…"."""
-    paid = f"Paid **{usdc_text(receipt.get('charged_usdc', '0'))} USDC**"
+    paid = f"Paid **{usdc_text(receipt.get('charged_usdc', '0'))} USDC**{usage_text(receipt.get('usage'))}"
     escrow_id = receipt.get("escrow_id") or "your escrow"
     remaining = receipt.get("remaining_usdc")
     left = f"**{usdc_text(remaining)} USDC** left in `{escrow_id}`" if remaining is not None else f"from `{escrow_id}`"
     model = f" · answered by **{receipt['model']}**" if receipt.get("model") else ""
     return f"✓ {paid} · {left}{model}"
+
+
+def usage_text(usage: Any) -> str:
+    """What a charge was measured from, in words: " for 31 input tokens and 80 output tokens" ("" for none)."""
+    if not isinstance(usage, dict) or not usage:
+        return ""
+    parts = [f"{count:,}" if isinstance(count, int) else str(count) for count in usage.values()]
+    words = [f"{part} {str(name).replace('_', ' ')}" for part, name in zip(parts, usage)]
+    return " for " + (", ".join(words[:-1]) + " and " + words[-1] if len(words) > 1 else words[0])
 
 
 def refusal_note(exc: Any, *, sandbox: bool, kept_result: bool = False) -> str:

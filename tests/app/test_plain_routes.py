@@ -17,6 +17,7 @@ def test_pricing_lists_each_paid_function(sandbox_space):
     assert pricing["functions"]["classify"] == {
         "route": "/v1/classify", "api_name": "/classify", "price_usdc": "0.001000",
         "pricing": "0.001000 USDC per call", "parameters": ["text"], "reason": "sentiment classification",
+        "answer": "json",
     }
 
 
@@ -43,6 +44,11 @@ def test_classify_route_pays_like_the_gradio_endpoint(sandbox_space):
         assert refused.status_code == status, refused.text
         assert refused.json()["error"]["code"] == code
         assert refused.json()["error"]["message"].endswith("You were not charged.")
-    assert requests.post(url, json={"txt": "hi"}, headers={"X-Escrow-Id": escrow_id}, timeout=30).status_code == 422
+    unreadable = requests.post(url, json={"txt": "hi"}, headers={"X-Escrow-Id": escrow_id}, timeout=30)
+    assert unreadable.status_code == 422  # a body the route cannot read: refused as the gate refuses an input
+    assert unreadable.json()["error"] == {
+        "code": "invalid_input", "charged": False,
+        "message": "The request body is not valid (text: Field required). You were not charged.",
+    }
     spent = sandbox.escrow_once_spent(buyer, escrow_id, Decimal("0.001"))
     assert Decimal(str(spent["spent_usdc"])) == Decimal("0.001")

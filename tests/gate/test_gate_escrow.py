@@ -314,6 +314,7 @@ def test_per_token_charges_what_was_used(market, adapter):
     text, receipt = generate("two words", escrow_id)
     # 2 input tokens, 3 output tokens: (2*0.01 + 3*0.02) / 1000 = 0.00008
     assert receipt["charged_usdc"] == "0.000080"
+    assert receipt["usage"] == {"input_tokens": 2, "output_tokens": 3}  # what the charge was measured from
     balance = market.balance(escrow_id)
     assert balance["spent_usdc"] == Decimal("0.00008") and balance["held_usdc"] == 0
 

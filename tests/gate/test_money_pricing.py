@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gate import PerCall, PerSecond, PerToken
+from gate import PerCall, PerItem, PerSecond, PerToken
 from gate.money import format_usdc, parse_usdc, round_up, to_decimal, to_usdc
 
 
@@ -149,3 +149,66 @@ def test_computed_rates_may_be_finer_than_a_micro_usdc_and_round_up_per_call():
     started = per_second.start()
     now[0] += 2
     assert per_second.actual_price((), {}, None, started) == Decimal("0.000001")
+
+
+def test_per_token_counts_a_calls_input_and_caps_its_output_with_the_owners_functions():
+    def prompt_tokens(message, history, max_new_tokens=8):
+        return 7  # e.g. the chat template's tokens, not the words of the arguments
+
+    def new_tokens(message, history, max_new_tokens=8):
+        return max_new_tokens
+
+    price = PerToken("1", "2", max_tokens=20, input_tokens=prompt_tokens, output_limit=new_tokens)
+    args = ("hi there", [{"role": "user", "content": "earlier words"}], 5)
+    # reserve: 7 input + this call's 5 output tokens (not max_tokens' 20)
+    assert price.max_price(args, {}) == Decimal("0.017000")
+    charge = price.charge(args, {}, "one two three", None)
+    assert (charge.amount, dict(charge.usage)) == (Decimal("0.013000"), {"input_tokens": 7, "output_tokens": 3})
+    # more output than the call asked for is charged as its limit: never above the reservation
+    assert price.charge(args, {}, "w " * 50, None).amount == price.max_price(args, {})
+    # a limit above max_tokens is held to max_tokens; keyword arguments reach the functions too
+    assert price.max_price(("hi", []), {"max_new_tokens": 99}) == Decimal("0.047000")
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, None, "3"])
+def test_per_token_refuses_a_count_that_is_not_a_non_negative_int(bad):
+    with pytest.raises(TypeError):
+        PerToken("1", "1", max_tokens=5, input_tokens=lambda *a: bad).max_price(("x",), {})
+    with pytest.raises(TypeError):
+        PerToken("1", "1", max_tokens=5, output_limit=lambda *a: bad).max_price(("x",), {})
+    with pytest.raises(TypeError):
+        PerToken("1", "1", max_tokens=5, count_tokens=lambda text: bad).charge(("x",), {}, "y", None)
+    with pytest.raises(TypeError):
+        PerToken("1", "1", max_tokens=5, input_tokens="not callable")
+
+
+def test_per_item_prices_pro_rata_per_thousand_rounded_up_per_call():
+    price = PerItem("0.01", count=lambda texts: len(texts), unit="vectors")
+    assert price.max_price((["a", "b", "c"],), {}) == Decimal("0.000030")
+    charge = price.charge((["a", "b", "c"],), {}, [[0.1], [0.2], [0.3]], None)
+    assert (charge.amount, dict(charge.usage)) == (Decimal("0.000030"), {"vectors": 3})
+    # finer than a micro-USDC per item: each call rounds up once, never down to free
+    fine = PerItem("0.0005", count=len, unit="vectors")  # 0.0000005 USDC per vector
+    assert fine.max_price(("a",), {}) == Decimal("0.000001")
+    assert fine.max_price(("abc",), {}) == Decimal("0.000002")  # 3 items: 0.0000015, rounded up
+    assert fine.max_price(("ab",), {}) == Decimal("0.000001")
+    assert "1,000 vectors" in price.describe()
+    with pytest.raises(ValueError):
+        PerItem("0", count=len)
+    with pytest.raises(TypeError):
+        PerItem(0.01, count=len)
+    with pytest.raises(TypeError):
+        PerItem("0.01", count=3)
+    with pytest.raises(TypeError):
+        PerItem("0.01", count=lambda *a: -1).max_price((), {})
+
+
+def test_per_second_names_the_seconds_it_charged():
+    now = [0.0]
+    price = PerSecond("0.01", 5, clock=lambda: now[0])
+    started = price.start()
+    now[0] += 1.25
+    assert dict(price.charge((), {}, None, started).usage) == {"seconds": "1.250"}
+    now[0] += 100
+    assert dict(price.charge((), {}, None, started).usage) == {"seconds": "5.000"}
+    assert dict(PerCall("0.001").charge((), {}, None, None).usage) == {}

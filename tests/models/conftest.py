@@ -1,4 +1,4 @@
-"""Fixtures: tiny offline RoBERTa checkpoints (random weights, built in a temp folder, never downloaded)."""
+"""Fixtures: tiny offline checkpoints (random weights, built in a temp folder, never downloaded)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.tiny_model import build_tiny_model
+from tests.support.tiny_model import tiny_chat_model, tiny_chat_model_dir, tiny_encoder, tiny_encoder_dir  # noqa: F401
 
 
 @pytest.fixture(scope="session")

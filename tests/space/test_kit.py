@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import subprocess
@@ -13,7 +14,9 @@ import gradio as gr
 import pytest
 from starlette.testclient import TestClient
 
+from gate import PerToken
 from space import ConfigError, Limits, Space, starting
+from space.routes import with_json_body
 from tests.support.processes import REPO, child_env, free_port
 
 
@@ -192,3 +195,19 @@ def test_ctrl_c_before_serving_stops_quietly_with_exit_0(capsys):
             raise KeyboardInterrupt
     assert exited.value.code == 0
     assert capsys.readouterr().err == "Stopped before the Space was serving (Ctrl-C).\n"
+
+
+
+def test_a_paid_generator_is_also_a_plain_route_that_streams_ndjson(kit):
+    def words(text: str, count: int = 3):
+        """Yield the growing text."""
+        for i in range(count):
+            yield " ".join([text] * (i + 1))
+
+    body_fn = with_json_body(words)
+    assert inspect.isgeneratorfunction(body_fn)  # so the gate's route streams it as NDJSON
+    assert list(inspect.signature(body_fn).parameters) == ["text", "count"]
+    assert list(body_fn(text="w", count=2)) == ["w", "w w"]
+    kit.paid(PerToken("0", "1", max_tokens=10), reason="words")(words)
+    listing = kit._routes["words"].listing()
+    assert listing["answer"] == "ndjson" and listing["parameters"] == ["text", "count"]

@@ -36,6 +36,9 @@ def test_a_paid_call_in_words():
     assert receipt_note(receipt) == f"✓ Paid **0.001 USDC** · **0.049 USDC** left in `{ESCROW}` · answered by **vader**"
     no_balance = {"escrow_id": ESCROW, "charged_usdc": "0.001000", "remaining_usdc": None}
     assert receipt_note(no_balance) == f"✓ Paid **0.001 USDC** · from `{ESCROW}`"
+    tokens = {**no_balance, "usage": {"input_tokens": 31, "output_tokens": 1200}}
+    assert receipt_note(tokens) == f"✓ Paid **0.001 USDC** for 31 input tokens and 1,200 output tokens · from `{ESCROW}`"
+    assert receipt_note({**no_balance, "usage": {"vectors": 3}}).startswith("✓ Paid **0.001 USDC** for 3 vectors ·")
 
 
 @pytest.mark.parametrize("sandbox", [True, False])

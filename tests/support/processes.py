@@ -93,13 +93,14 @@ class ServerProcess:
             self.process.wait(10)
 
 
-def space_process(tmp: Path, **env: str) -> ServerProcess:
-    """`python app.py` on a free port with the given environment (sandbox mode unless PF_API_KEY is set)."""
+def space_process(tmp: Path, app: str = "app.py", **env: str) -> ServerProcess:
+    """`python <app>` from the repository root (as Hugging Face runs a Space's app_file) on a free port with the
+    given environment (sandbox mode unless PF_API_KEY is set)."""
     port = free_port()
     data_dir = tmp / "space-data"
     space_env = child_env(GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port), DATA_DIR=str(data_dir))
     space_env.update(env)
-    return ServerProcess([sys.executable, "app.py"], space_env, port, tmp / f"space-{port}.log")
+    return ServerProcess([sys.executable, app], space_env, port, tmp / f"space-{port}.log")
 
 
 def escrow_process(tmp: Path, *extra_args: str) -> ServerProcess:
