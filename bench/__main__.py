@@ -1,4 +1,4 @@
-"""`python -m bench [--short] [--only gate|space|ledger|agents]`: run the benchmarks and print every table.
+"""`python -m bench [--short] [--only gate|space|ledger|agents|examples]`: run the benchmarks and print every table.
 
 Each benchmark prints its table as soon as it is done; the tables are printed again together at
 the end (the report). Nothing is asserted: the tables hold ratios against baselines measured in
@@ -15,7 +15,7 @@ import time
 
 from bench._common import load_average
 
-BENCHMARKS = ("gate", "space", "ledger", "agents")
+BENCHMARKS = ("gate", "space", "ledger", "agents", "examples")
 
 
 def _machine() -> str:
@@ -70,7 +70,13 @@ def _agents(short: bool) -> str:
     return f"{bench_agents.TITLE}\n{bench_agents.format_table(rows)}\n{bench_agents.summary(rows, facts)}"
 
 
-RUNNERS = {"gate": _gate, "space": _space, "ledger": _ledger, "agents": _agents}
+def _examples(short: bool) -> str:
+    from bench import bench_examples
+
+    return f"{bench_examples.TITLE}\n{bench_examples.format_table(bench_examples.run(short))}"
+
+
+RUNNERS = {"gate": _gate, "space": _space, "ledger": _ledger, "agents": _agents, "examples": _examples}
 
 
 def main(argv: list[str] | None = None) -> int:
