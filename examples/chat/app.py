@@ -51,13 +51,13 @@ def main() -> None:
                 raise ValueError(f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS}.")
             model.prompt_ids(message, history or [])  # ValueError: not a conversation, or too long for the model
 
-        def prompt_tokens(message: str, history: list[dict] | None = None, max_new_tokens: int = DEFAULT_NEW_TOKENS) -> int:
-            return len(model.prompt_ids(message, history or []))
+        def prompt_tokens(message, history=None, max_new_tokens=DEFAULT_NEW_TOKENS) -> int:
+            return len(model.prompt_ids(message, history or []))  # the chat template's tokens, as the model reads them
 
-        def reply_tokens(message: str, history: list[dict] | None = None, max_new_tokens: int = DEFAULT_NEW_TOKENS) -> int:
+        def reply_tokens(message, history=None, max_new_tokens=DEFAULT_NEW_TOKENS) -> int:
             return max_new_tokens
 
-        # Reserve prompt + max_new_tokens; charge prompt + the reply's tokens (the last text streamed).
+        # Reserve prompt + max_new_tokens; charge prompt + the tokens generated for the last text streamed.
         price = PerToken(input_rate, output_rate, max_tokens=MAX_NEW_TOKENS, count_tokens=model.count_tokens,
                          input_tokens=prompt_tokens, output_limit=reply_tokens)
 
@@ -72,7 +72,8 @@ def main() -> None:
             """
             yield from model.stream(model.prompt_ids(message, history or []), max_new_tokens)
 
-        rates = f"{input_rate.normalize():f} USDC per 1,000 prompt tokens and {output_rate.normalize():f} per 1,000 reply tokens"
+        rates = (f"{input_rate.normalize():f} USDC per 1,000 prompt tokens and "
+                 f"{output_rate.normalize():f} per 1,000 reply tokens")
         with kit.blocks(
             title="Paid chat",
             intro=f"Each reply costs **{rates}**, paid from an escrow you open for this Space. "
@@ -83,7 +84,7 @@ def main() -> None:
             api_name="chat",
             example_input='"Hello!", [], 128',
             wallet_escrow_usdc="0.05",
-            call_price_usdc=price.max_price(("Hello!",), {"max_new_tokens": MAX_NEW_TOKENS}),  # a short prompt, longest reply
+            call_price_usdc=price.max_price(("Hello!",), {"max_new_tokens": MAX_NEW_TOKENS}),  # the longest reply
         ) as demo:
             with gr.Tab("Chat", id="chat"):
                 escrow_box = kit.escrow_id_box()

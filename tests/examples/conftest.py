@@ -27,4 +27,5 @@ def chat_space(tmp_path_factory, tiny_chat_model_dir) -> Iterator[RunningSpace]:
 
 @pytest.fixture(scope="module")
 def embeddings_space(tmp_path_factory, tiny_encoder_dir) -> Iterator[RunningSpace]:  # noqa: F811
-    yield from example_space(tmp_path_factory.mktemp("embeddings-space"), "examples/embeddings/app.py", tiny_encoder_dir)
+    tmp = tmp_path_factory.mktemp("embeddings-space")
+    yield from example_space(tmp, "examples/embeddings/app.py", tiny_encoder_dir)

@@ -77,20 +77,34 @@ def test_replies_over_gradio_client_and_the_plain_route_cost_exactly_their_recei
     assert escrow["spent_usdc"] == sum(charged)  # captured exactly what the receipts say (the lease holds the rest)
 
 
-def test_a_reply_the_client_leaves_mid_stream_pays_for_the_tokens_delivered(chat_space, model, buyer_escrow):
-    buyer, escrow_id = buyer_escrow
-    body = {"message": "Write a long story", "history": [], "max_new_tokens": 512}
-    whole = [line["result"] for line in stream_lines(chat_space, escrow_id, body)[:-1]]  # greedy: the same each time
-    paid_whole = price(len(model.prompt_ids(body["message"], [])), model.count_tokens(whole[-1]))
-    escrow = chat_space.sandbox.escrow_once_spent(buyer, escrow_id, paid_whole)
-    assert escrow["spent_usdc"] == paid_whole
-
+def read_three_then_leave_the_plain_route(chat_space, escrow_id: str, body: dict) -> list[str]:
     url = chat_space.server.base_url + "/v1/chat"
     with requests.post(url, json=body, headers={"X-Escrow-Id": escrow_id}, stream=True, timeout=60) as answer:
         lines = answer.iter_lines()
-        read = [json.loads(next(lines))["result"] for _ in range(3)]
-    # the client has gone: the gate charges the last text it handed out, which the client may not all have read
-    assert read == whole[:3]
+        return [json.loads(next(lines))["result"] for _ in range(3)]  # then the connection is closed
+
+
+def read_three_then_cancel_over_gradio_client(chat_space, escrow_id: str, body: dict) -> list[str]:
+    client = Client(chat_space.url, verbose=False)
+    job = client.submit(body["message"], body["history"], body["max_new_tokens"], escrow_id, api_name="/chat")
+    deadline = time.monotonic() + 30
+    while len(job.outputs()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    job.cancel()  # what the page's Stop button does
+    return [reply for reply, _ in job.outputs()[:3]]
+
+
+@pytest.mark.parametrize("leave", [read_three_then_leave_the_plain_route, read_three_then_cancel_over_gradio_client])
+def test_a_reply_the_client_leaves_mid_stream_pays_for_the_tokens_delivered(chat_space, model, buyer_escrow, leave):
+    buyer, escrow_id = buyer_escrow
+    body = {"message": "Write a long story", "history": [], "max_new_tokens": 512}
+    whole = [line["result"] for line in stream_lines(chat_space, escrow_id, body)[:-1]]  # greedy: the same each time
+    prompt_tokens = len(model.prompt_ids(body["message"], []))
+    paid_whole = price(prompt_tokens, model.count_tokens(whole[-1]))
+    assert chat_space.sandbox.escrow_once_spent(buyer, escrow_id, paid_whole)["spent_usdc"] == paid_whole
+
+    assert leave(chat_space, escrow_id, body) == whole[:3]
+    # The client has gone: the gate charges the last text it handed out, which the client may not all have read.
     deadline = time.monotonic() + 20
     while True:
         escrow = chat_space.sandbox.escrow(buyer, escrow_id)
@@ -98,7 +112,6 @@ def test_a_reply_the_client_leaves_mid_stream_pays_for_the_tokens_delivered(chat
             break
         time.sleep(0.2)
     paid_partly = escrow["spent_usdc"] - paid_whole
-    prompt_tokens = len(model.prompt_ids(body["message"], []))
     delivered = [price(prompt_tokens, model.count_tokens(text)) for text in whole[2:-1]]
     assert paid_partly in delivered, (paid_partly, delivered[:5], paid_whole)  # a prefix it sent, not the whole reply
 
@@ -116,7 +129,8 @@ def test_a_reply_the_client_leaves_mid_stream_pays_for_the_tokens_delivered(chat
 )
 def test_a_request_it_cannot_answer_is_refused_before_anything_is_reserved(chat_space, buyer_escrow, body):
     buyer, escrow_id = buyer_escrow
-    answer = requests.post(chat_space.server.base_url + "/v1/chat", json=body, headers={"X-Escrow-Id": escrow_id}, timeout=30)
+    url = chat_space.server.base_url + "/v1/chat"
+    answer = requests.post(url, json=body, headers={"X-Escrow-Id": escrow_id}, timeout=30)
     assert answer.status_code == 422, answer.text
     error = answer.json()["error"] if "error" in answer.json() else answer.json()
     assert "not charged" in json.dumps(error)

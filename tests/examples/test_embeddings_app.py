@@ -45,7 +45,9 @@ def check_receipt(receipt: dict, texts: list[str], encoder) -> Decimal:
     return Decimal(receipt["charged_usdc"])
 
 
-def test_vectors_over_gradio_client_and_the_plain_route_cost_exactly_their_receipts(embeddings_space, encoder, buyer_escrow):
+def test_vectors_over_gradio_client_and_the_plain_route_cost_exactly_their_receipts(
+    embeddings_space, encoder, buyer_escrow
+):
     buyer, escrow_id = buyer_escrow
     first = ["I love this, it is wonderful.", "The train arrives at nine.", "Paid calls settle in USDC."]
     vectors, receipt = Client(embeddings_space.url, verbose=False).predict(first, escrow_id, api_name="/embed")
@@ -82,6 +84,8 @@ def test_mcp_agents_get_vectors_and_their_receipt(embeddings_space, encoder, buy
     texts = ["Agents call the Space.", "Numbers like 42 appear too."]
     tool, result = call_tool(embeddings_space.server.base_url, "embed", {"texts": texts, "escrow_id": escrow_id})
     assert "per 1,000 vectors" in tool.description
+    texts_schema = tool.inputSchema["properties"]["texts"]  # from the type hint: Gradio's gr.JSON says {"type": {}}
+    assert (texts_schema["type"], texts_schema["items"]) == ("array", {"type": "string"})
     vectors, receipt = tool_outputs(result)
     check_vectors(vectors, texts, encoder)
     charged = check_receipt(receipt, texts, encoder)
