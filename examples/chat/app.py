@@ -22,10 +22,10 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
-from gate import PerToken  # noqa: E402
+from gate import GateError, PerToken  # noqa: E402
 from models import ModelLoadError, load_chat_model  # noqa: E402
 from space import Limits, Space, starting, usdc_from_env  # noqa: E402
-from space.ui import receipt_note  # noqa: E402
+from space.ui import receipt_note, refusal_note  # noqa: E402
 
 log = logging.getLogger("space")
 
@@ -92,10 +92,18 @@ def main() -> None:
                                     label="Most tokens in a reply (reserved, then charged as used)")
                 with gr.Accordion("Receipt of the last reply (JSON)", open=False):
                     receipt = gr.JSON(label="Receipt", elem_id="receipt")
-                gr.ChatInterface(chat, additional_inputs=[max_new, escrow_box], additional_outputs=[receipt],
-                                 api_name="chat_on_page", api_visibility="private", concurrency_limit=4)
-                receipt.change(lambda paid: receipt_note(paid) if paid else gr.skip(), receipt, kit.payment_status,
-                               api_visibility="private", queue=False)
+
+                def chat_on_page(message, history, max_new_tokens, escrow_id, request: gr.Request):
+                    """The page's chat: the same paid function; a refusal is a next step under the escrow box."""
+                    try:
+                        for reply, paid in chat(message, history, max_new_tokens, escrow_id, request):
+                            yield reply, paid, receipt_note(paid) if paid else gr.skip()
+                    except GateError as exc:  # not a reply: an empty one, which the next prompt leaves out
+                        yield "", gr.skip(), refusal_note(exc, sandbox=kit.sandbox)
+
+                gr.ChatInterface(chat_on_page, additional_inputs=[max_new, escrow_box],
+                                 additional_outputs=[receipt, kit.payment_status], api_name="chat_on_page",
+                                 api_visibility="private", concurrency_limit=4)
                 # The public API agents call (Gradio, gradio_client, MCP): the conversation is passed in, as in
                 # POST /v1/chat; outputs [reply, receipt]. No button of its own on the page.
                 message, history, reply = gr.Textbox(visible=False), gr.JSON(visible=False), gr.Textbox(visible=False)

@@ -20,8 +20,14 @@ pytestmark = [
 
 def test_a_chat_reply_streams_into_the_page_and_says_what_its_tokens_cost(new_page, chat_space):
     page = open_space(new_page, chat_space)
+    message = page.locator("textarea").last  # the chat's message box, under the conversation
+    message.fill("Hello without an escrow")
+    message.press("Enter")
+    status(page).get_by_text("You were not charged").wait_for()  # a next step under the escrow box, no toast
+    assert "Escrow ID box is empty" in status(page).inner_text()
+    assert page.locator(".toast-body").count() == 0
+
     escrow_id = open_escrow_in_one_click(page)
-    message = page.get_by_placeholder("Type a message...")
     message.fill("Hello there")
     message.press("Enter")
     status(page).get_by_text("Paid").wait_for()
