@@ -68,14 +68,10 @@ def http_status(exc: GateError) -> int:
     return 402
 
 
-def error_body(exc: GateError) -> dict[str, Any]:
-    return {"code": exc.code, "message": exc.sentence, "charged": exc.charged}
-
-
 def error_response(exc: GateError, payment: dict[str, Any] | None = None) -> JSONResponse:
     """A refusal as JSON with its HTTP status (``payment``: how to pay, sent with a 402)."""
     status = http_status(exc)
-    body: dict[str, Any] = {"error": error_body(exc)}
+    body: dict[str, Any] = {"error": exc.as_dict()}
     if status == 402 and payment is not None:
         body["payment"] = payment
     headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
@@ -152,7 +148,7 @@ async def _ndjson(paid: PaidFunction, run: _flow.Run) -> AsyncIterator[bytes]:
                     line = {"receipt": paid.receipt_dict(receipt)}
                 yield (json.dumps(line) + "\n").encode()
         except GateError as exc:
-            yield (json.dumps({"error": error_body(exc)}) + "\n").encode()
+            yield (json.dumps({"error": exc.as_dict()}) + "\n").encode()
 
 
 async def _in_threads(items: Iterator) -> AsyncIterator:

@@ -2,7 +2,8 @@
 
     gradio.Error
      └── GateError                 .code: str (stable), .sentence: str (says charged or "not charged"),
-          │                         .charged: bool; .message = "[code] sentence" (what Gradio sends)
+          │                         .charged: bool; .message = "[code] sentence" (what Gradio sends);
+          │                         .as_dict() = {"code", "message", "charged"} (what JSON answers carry)
           ├── InvalidEscrowId       the escrow ID is malformed (no request was sent)
           │    └── MissingEscrowId  no escrow ID in the argument nor the X-Escrow-Id header
           ├── InvalidInput          the Space's input check (``check=``) refused the inputs
@@ -72,6 +73,10 @@ class GateError(gr.Error):
 
     def __str__(self) -> str:  # gr.Error shows repr(message); a plain message reads better
         return self.message
+
+    def as_dict(self) -> dict[str, object]:
+        """The refusal as JSON answers carry it: ``{"code", "message", "charged"}`` (the message is the sentence)."""
+        return {"code": self.code, "message": self.sentence, "charged": self.charged}
 
 
 class InvalidEscrowId(GateError):

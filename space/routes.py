@@ -98,5 +98,4 @@ async def invalid_body(request: Request, exc: RequestValidationError) -> JSONRes
         where = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
         problems.append(f"{where}: {error.get('msg', 'invalid')}" if where else str(error.get("msg", "invalid")))
     refusal = InvalidInput("The request body is not valid (" + "; ".join(problems) + ")")
-    error = {"code": refusal.code, "message": refusal.sentence, "charged": refusal.charged}
-    return JSONResponse({"error": error}, status_code=422)
+    return JSONResponse({"error": refusal.as_dict()}, status_code=422)
