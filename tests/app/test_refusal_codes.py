@@ -5,7 +5,6 @@ a failing model: tests/gate runs them over both adapters.)"""
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import pytest
@@ -13,9 +12,10 @@ import requests
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
+from tests.support.mcp import call_tool
 from tests.support.space import classify_over_http, final_event, random_escrow_id
 
-from .test_mcp import _call_tool, _text
+from .test_mcp import _text
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +82,6 @@ def test_gradio_client(sandbox_space, escrows, code):
 
 @pytest.mark.parametrize("code", CODES)
 def test_mcp(sandbox_space, escrows, code):
-    url = sandbox_space.server.base_url + "/gradio_api/mcp/"
-    _, result = asyncio.run(_call_tool(url, {"text": text_for(code), "escrow_id": escrows[code]}))
+    base_url = sandbox_space.server.base_url
+    _, result = call_tool(base_url, "classify", {"text": text_for(code), "escrow_id": escrows[code]})
     assert result.isError and f"[{code}] " in _text(result), _text(result)

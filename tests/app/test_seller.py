@@ -3,7 +3,6 @@ production, and the Seller tab (open in sandbox mode, the owner's alone in produ
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
@@ -16,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from space.metrics import PREFIX
 from space.seller import SELLER_TAB, SIGN_IN, SellerView
-from tests.app.test_mcp import _list_tools
+from tests.support.mcp import list_tools
 from tests.support.processes import escrow_process, space_process
 from tests.support.space import EscrowApi, random_escrow_id
 
@@ -131,7 +130,7 @@ def test_the_sandbox_seller_tab_is_open_and_its_events_are_private(sandbox_space
     assert {e.get("api_visibility") for e in events} == {"private"}
     info = requests.get(base + "/gradio_api/info", timeout=10).json()
     assert set(info["named_endpoints"]) == {"/classify", "/pricing"}
-    tools = [tool.name for tool in asyncio.run(_list_tools(base + "/gradio_api/mcp/"))]
+    tools = [tool.name for tool in list_tools(base)]
     assert len(tools) == 2 and all(name.endswith(("classify", "pricing")) for name in tools)
 
 

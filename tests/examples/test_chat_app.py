@@ -30,10 +30,7 @@ def model(tiny_chat_model_dir):
 
 @pytest.fixture
 def buyer_escrow(chat_space):
-    sandbox = chat_space.sandbox
-    buyer = sandbox.register()
-    sandbox.fund(buyer, "1")
-    return buyer, sandbox.open_escrow(buyer, chat_space.seller().agent_id, "0.05")
+    return chat_space.buyer_with_escrow("0.05")
 
 
 def stream_lines(chat_space, escrow_id: str, body: dict) -> list[dict]:

@@ -23,10 +23,7 @@ def encoder(tiny_encoder_dir):
 
 @pytest.fixture
 def buyer_escrow(embeddings_space):
-    sandbox = embeddings_space.sandbox
-    buyer = sandbox.register()
-    sandbox.fund(buyer, "1")
-    return buyer, sandbox.open_escrow(buyer, embeddings_space.seller().agent_id, "0.01")
+    return embeddings_space.buyer_with_escrow("0.01")
 
 
 def check_vectors(vectors: list, texts: list[str], encoder) -> None:

@@ -1,4 +1,4 @@
-"""An agent speaking MCP to a Space: one session, the paid tool whose name ends with a given word, one call."""
+"""An agent speaking MCP to a Space: list its tools, or call the paid tool whose name ends with a given word."""
 
 from __future__ import annotations
 
@@ -11,18 +11,32 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
 
-async def _call(url: str, tool_suffix: str, arguments: dict, headers: dict | None) -> tuple[Any, Any]:
+async def _in_session(base_url: str, headers: dict | None, act) -> Any:
+    """One MCP session with the Space at `base_url` (its /gradio_api/mcp/ endpoint): ``await act(session)``."""
     async with httpx.AsyncClient(headers=headers or {}, timeout=60) as http:
-        async with streamable_http_client(url, http_client=http) as (read, write, _):
+        async with streamable_http_client(base_url + "/gradio_api/mcp/", http_client=http) as (read, write, _):
             async with ClientSession(read, write) as session:
                 await session.initialize()
-                tool = next(tool for tool in (await session.list_tools()).tools if tool.name.endswith(tool_suffix))
-                return tool, await session.call_tool(tool.name, arguments)
+                return await act(session)
+
+
+def list_tools(base_url: str) -> list[Any]:
+    """The Space's tools as MCP lists them."""
+
+    async def listed(session: ClientSession) -> list[Any]:
+        return (await session.list_tools()).tools
+
+    return asyncio.run(_in_session(base_url, None, listed))
 
 
 def call_tool(base_url: str, tool_suffix: str, arguments: dict, headers: dict | None = None) -> tuple[Any, Any]:
-    """(the tool as listed, the call's result) for the Space at `base_url` (its /gradio_api/mcp/ endpoint)."""
-    return asyncio.run(_call(base_url + "/gradio_api/mcp/", tool_suffix, arguments, headers))
+    """(the tool as listed, the call's result) for the tool whose name ends with `tool_suffix`."""
+
+    async def called(session: ClientSession) -> tuple[Any, Any]:
+        tool = next(tool for tool in (await session.list_tools()).tools if tool.name.endswith(tool_suffix))
+        return tool, await session.call_tool(tool.name, arguments)
+
+    return asyncio.run(_in_session(base_url, headers, called))
 
 
 def tool_outputs(result: Any) -> Any:

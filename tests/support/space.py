@@ -127,6 +127,12 @@ class RunningSpace:
         seller = json.loads((self.data_dir / "sandbox-seller.json").read_text())
         return Buyer(seller["agent_id"], seller["api_key"])
 
+    def buyer_with_escrow(self, amount: str, funds: str = "1") -> tuple[Buyer, str]:
+        """A new sandbox buyer given `funds` test USDC, and its escrow of `amount` for this Space."""
+        buyer = self.sandbox.register()
+        self.sandbox.fund(buyer, funds)
+        return buyer, self.sandbox.open_escrow(buyer, self.seller().agent_id, amount)
+
 
 @pytest.fixture(scope="module")
 def sandbox_space(tmp_path_factory, tiny_model_dir) -> RunningSpace:
